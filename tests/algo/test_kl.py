@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from tether.algo import AdaptiveKLController, FixedKLController, kl_penalty
+
+
+def test_estimators_hand_computed():
+    logprobs = torch.tensor([math.log(0.5)])
+    ref = torch.tensor([math.log(0.25)])
+    log_ratio = math.log(0.5)  # log(π_ref / π)
+    assert kl_penalty(logprobs, ref, "k1").item() == pytest.approx(-log_ratio)
+    assert kl_penalty(logprobs, ref, "k2").item() == pytest.approx(0.5 * log_ratio**2)
+    assert kl_penalty(logprobs, ref, "k3").item() == pytest.approx((0.5 - 1) - log_ratio)
+
+
+def test_k3_and_k2_are_never_negative_and_zero_on_policy():
+    torch.manual_seed(0)
+    a, b = torch.randn(1000) * 3, torch.randn(1000) * 3
+    assert (kl_penalty(a, b, "k3") >= 0).all()
+    assert (kl_penalty(a, b, "k2") >= 0).all()
+    assert (kl_penalty(a, b, "k1") < 0).any()  # k1 can go negative per sample
+    for est in ("k1", "k2", "k3"):
+        assert kl_penalty(a, a, est).abs().max().item() == 0.0
+
+
+def test_k1_and_k3_are_unbiased_estimates_of_kl():
+    # π = Categorical(p), π_ref = Categorical(q); sample from π; compare with the exact KL(π || π_ref)
+    p = torch.tensor([0.6, 0.3, 0.1])
+    q = torch.tensor([0.3, 0.3, 0.4])
+    exact = (p * (p / q).log()).sum().item()
+    gen = torch.Generator().manual_seed(0)
+    samples = torch.multinomial(p, 200_000, replacement=True, generator=gen)
+    for est in ("k1", "k3"):
+        estimate = kl_penalty(p.log()[samples], q.log()[samples], est).mean().item()
+        assert estimate == pytest.approx(exact, abs=0.01)
+
+
+def test_unknown_estimator_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'"):
+        kl_penalty(torch.zeros(1), torch.zeros(1), "k4")
+
+
+def test_adaptive_controller_follows_ziegler_update():
+    ctl = AdaptiveKLController(value=0.1, target=6.0, horizon=10000)
+    ctl.update(current_kl=9.0, n_steps=100)  # error = 9/6 - 1 = 0.5 -> clipped to 0.2
+    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 100 / 10000))
+    ctl = AdaptiveKLController(value=0.1, target=6.0, horizon=10000)
+    ctl.update(current_kl=5.4, n_steps=100)  # error = -0.1
+    assert ctl.value == pytest.approx(0.1 * (1 - 0.1 * 100 / 10000))
+
+
+def test_fixed_controller_does_not_move():
+    ctl = FixedKLController(0.05)
+    ctl.update(100.0, 16)
+    assert ctl.value == 0.05

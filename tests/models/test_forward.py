@@ -1,0 +1,77 @@
+"""The scoring forward agrees with the model's own generation, under left padding and temperature."""
+
+import pytest
+import torch
+
+from tether.data import left_pad
+from tether.models import position_ids_from_mask, response_forward
+from tether.rollout import HFEngine, SamplingParams
+
+
+def test_position_ids_count_from_first_real_token():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_logprobs_do_not_depend_on_left_padding(model, tokenizer):
+    ids = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    other = tokenizer("a much longer prompt than the first one", add_special_tokens=False)["input_ids"]
+    alone_ids, alone_mask = left_pad([ids], tokenizer.pad_token_id)
+    padded_ids, padded_mask = left_pad([ids, other], tokenizer.pad_token_id)
+    # score the last 4 tokens of "hello world" as if they were the response
+    alone = response_forward(model, alone_ids, alone_mask.long(), 4, temperature=1.0).logprobs
+    padded = response_forward(model, padded_ids, padded_mask.long(), 4, temperature=1.0).logprobs
+    torch.testing.assert_close(padded[0], alone[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_match_generate_scores(model, tokenizer, temperature):
+    """Parity with HF: logprobs of the sampled tokens under generate's own logits (KV cache, left pad)."""
+    from transformers import GenerationConfig
+
+    prompts = [tokenizer("hi", add_special_tokens=False)["input_ids"],
+               tokenizer("a longer prompt", add_special_tokens=False)["input_ids"]]
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=6,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    out = model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=config,
+                         output_logits=True, return_dict_in_generate=True)
+    response = out.sequences[:, ids.shape[1]:]
+    hf = (torch.stack(out.logits, dim=1) / temperature).log_softmax(-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    full_mask = torch.cat([mask, torch.ones_like(response, dtype=torch.bool)], 1).long()
+    ours = response_forward(model, out.sequences, full_mask, response.shape[1], temperature).logprobs
+    torch.testing.assert_close(ours, hf, rtol=1e-4, atol=1e-4)
+
+
+def test_temperature_divides_logits(model, tokenizer):
+    ids = torch.tensor([tokenizer("temperature", add_special_tokens=False)["input_ids"]])
+    mask = torch.ones_like(ids)
+    cold = response_forward(model, ids, mask, 3, temperature=0.5).logprobs
+    logits = model(input_ids=ids).logits[:, -4:-1] / 0.5
+    expected = logits.log_softmax(-1).gather(-1, ids[:, -3:].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(cold, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_uses_pure_sampling_not_model_defaults(model, tokenizer):
+    """The model's generation_config (top_k=50 by default in HF) must not filter PPO's samples."""
+    model.generation_config.top_k = 1  # would make sampling greedy if it leaked through
+    ids, mask = left_pad([[5, 6, 7]] * 16, tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    rollout = HFEngine(model).generate(ids, mask, SamplingParams(max_new_tokens=3, temperature=1.0,
+                                                                 pad_token_id=tokenizer.pad_token_id))
+    assert len({tuple(r.tolist()) for r in rollout.response_ids}) > 1
+
+
+def test_dropout_is_off_in_scoring(tokenizer):
+    from tiny import tiny_llama
+
+    model = tiny_llama(tokenizer, attention_dropout=0.5)
+    model.train()  # even if a user leaves it in train mode, PPOTrainer puts it in eval
+    from tether import PPOConfig, PPOTrainer
+
+    trainer = PPOTrainer(PPOConfig(batch_size=2), model, tokenizer)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    a = response_forward(trainer.policy, ids, torch.ones_like(ids), 2, 1.0).logprobs
+    b = response_forward(trainer.policy, ids, torch.ones_like(ids), 2, 1.0).logprobs
+    assert torch.equal(a, b)

@@ -1,0 +1,68 @@
+"""`tether ppo` end to end on a tiny model saved to disk; help texts; error exits."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tether.cli import main
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, model, tokenizer):
+    path = tmp_path / "tiny"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_ppo_command_trains_and_saves_a_loadable_checkpoint(tmp_path, tiny_dir, capsys):
+    from transformers import AutoModelForCausalLM
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"question {i}"}) for i in range(8)))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+model:
+  name_or_path: {tiny_dir}
+data:
+  path: {prompts}
+reward:
+  rule: length
+  rule_args: {{target_words: 1}}
+train:
+  batch_size: 4
+  mini_batch_size: 2
+  ppo_epochs: 1
+  max_new_tokens: 4
+""")
+    out = tmp_path / "run"
+    assert main(["ppo", "--config", str(config), "--out", str(out), "train.learning_rate=1e-3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["iterations"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and "objective/kl" in rows[0]
+    assert "learning_rate: 0.001" in (out / "config.yaml").read_text()
+    trained = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(),
+                                                     AutoModelForCausalLM.from_pretrained(tiny_dir).parameters()))
+    assert (out / "final" / "critic" / "value_head.safetensors").exists()
+
+
+def test_config_errors_exit_2_with_the_option_named(tmp_path, capsys):
+    assert main(["ppo", "train.learnig_rate=1"]) == 2
+    assert "did you mean 'train.learning_rate'" in capsys.readouterr().err
+
+
+def test_config_show_prints_docs(capsys):
+    assert main(["config", "show"]) == 0
+    text = capsys.readouterr().out
+    assert "train.kl_coef = 0.05" in text and "per-token KL penalty" in text
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ppo", "--help"], ["demo", "--help"]])
+def test_help_via_python_m(args):
+    result = subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: tether" in result.stdout

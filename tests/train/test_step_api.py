@@ -1,0 +1,99 @@
+"""The TRL-style step API: strings in, strings out; and the TRL ≤ 0.11 tensor form."""
+
+import math
+
+import pytest
+import torch
+
+from tether import PPOConfig, PPOTrainer
+from tether.rewards import RewardError
+
+REQUIRED_STATS = ["objective/kl", "objective/entropy", "objective/scores", "objective/rlhf_reward",
+                  "policy/approxkl", "policy/clipfrac", "policy/ratio_mean", "val/clipfrac", "val/vpred",
+                  "val/error", "loss/policy", "loss/value", "env/reward_mean", "env/reward_std",
+                  "time/generate", "time/step", "tokens/response_len_mean"]
+PROMPTS = ["hello there", "abc", "what is up", "zz top"]
+
+
+def make_trainer(model, tokenizer, **overrides):
+    config = dict(batch_size=4, mini_batch_size=2, ppo_epochs=2, max_new_tokens=6, learning_rate=1e-3)
+    config.update(overrides)
+    return PPOTrainer(PPOConfig(**config), model, tokenizer)
+
+
+def test_seed_program_with_strings(model, tokenizer):
+    trainer = make_trainer(model, tokenizer)
+    for _ in range(2):
+        responses = trainer.generate(PROMPTS, max_new_tokens=5)
+        assert isinstance(responses, list) and all(isinstance(r, str) for r in responses)
+        rewards = [len(r) for r in responses]
+        stats = trainer.step(PROMPTS, responses, rewards)
+    assert set(REQUIRED_STATS) <= set(stats)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in stats.values())
+    assert stats["time/generate"] > 0
+
+
+def test_trl_tensor_form(model, tokenizer):
+    trainer = make_trainer(model, tokenizer)
+    queries = [torch.tensor(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS]
+    single = trainer.generate(queries[0], max_new_tokens=4)
+    assert single.dim() == 2 and single.shape[0] == 1
+    assert single[0, : len(queries[0])].tolist() == queries[0].tolist()  # return_prompt=True by default
+    outs = trainer.generate(queries, return_prompt=False, max_new_tokens=4, do_sample=True, top_k=0.0,
+                            top_p=1.0, pad_token_id=tokenizer.eos_token_id, min_length=-1)
+    assert all(o.dim() == 1 and 1 <= len(o) <= 4 for o in outs)
+    scores = [torch.tensor(float(len(o))) for o in outs]
+    stats = trainer.step(queries, outs, scores)
+    assert set(REQUIRED_STATS) <= set(stats)
+
+
+def test_trl_011_positional_order(model, tokenizer):
+    import copy
+
+    ref = copy.deepcopy(model)
+    trainer = PPOTrainer(PPOConfig(batch_size=4), model, ref, tokenizer)
+    assert trainer.ref_model is ref and trainer.tokenizer is tokenizer
+
+
+@pytest.mark.parametrize("scores, message", [
+    ([1.0, 2.0, 3.0], "returned 3 scores for 4 responses"),
+    ([1.0, float("nan"), 3.0, 4.0], "non-finite scores at rows \\[1\\]"),
+    ([1.0, 2.0, float("inf"), 4.0], "non-finite scores at rows \\[2\\]"),
+    (["a", 2.0, 3.0, 4.0], "must return numbers"),
+])
+def test_bad_reward_lists_are_clear_errors(model, tokenizer, scores, message):
+    trainer = make_trainer(model, tokenizer)
+    responses = trainer.generate(PROMPTS)
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    with pytest.raises(RewardError, match=message):
+        trainer.step(PROMPTS, responses, scores)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))  # nothing changed
+
+
+def test_wrong_batch_size_is_a_clear_error(model, tokenizer):
+    trainer = make_trainer(model, tokenizer)
+    with pytest.raises(ValueError, match="batch_size is 4"):
+        trainer.step(PROMPTS[:2], ["a", "b"], [1.0, 2.0])
+
+
+def test_responses_not_from_generate_are_tokenized_and_complete(model, tokenizer):
+    trainer = make_trainer(model, tokenizer)
+    stats = trainer.step(PROMPTS, ["yes", "no", "maybe", "ok"], [1.0, 0.0, 0.5, 0.2])
+    assert stats["tokens/ended_frac"] == 1.0  # EOS appended: treated as complete answers
+
+
+def test_generate_rejects_greedy_and_unknown_kwargs(model, tokenizer):
+    trainer = make_trainer(model, tokenizer)
+    with pytest.raises(ValueError, match="do_sample=False"):
+        trainer.generate(PROMPTS, do_sample=False)
+    with pytest.raises(TypeError, match="unsupported arguments \\['num_beams'\\]"):
+        trainer.generate(PROMPTS, num_beams=4)
+
+
+def test_generate_temperature_becomes_scoring_temperature(model, tokenizer):
+    """Sampling at one temperature and scoring at another gives a negative KL (a TRL bug)."""
+    trainer = make_trainer(model, tokenizer, learning_rate=0.0, temperature=0.7)
+    responses = trainer.generate(PROMPTS, temperature=1.3)
+    assert trainer.scoring_temperature == 1.3
+    stats = trainer.step(PROMPTS, responses, [0.0] * 4)
+    assert stats["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)

@@ -1,0 +1,30 @@
+"""tether: PPO for RLHF that is correct, runs on a laptop CPU, and keeps the step API.
+
+Public API: ``PPOConfig``, ``PPOTrainer``, ``RunConfig``, ``RewardModelScorer``, ``load_causal_lm``,
+``load_tokenizer``. Heavy modules (transformers, the trainer) load on first use, so
+``import tether.algo`` pulls in torch only.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PPOConfig": "tether.config",
+    "RunConfig": "tether.config",
+    "PPOTrainer": "tether.train.ppo",
+    "RewardModelScorer": "tether.rewards.model",
+    "load_causal_lm": "tether.models.loading",
+    "load_tokenizer": "tether.models.loading",
+    "LoraSettings": "tether.models.loading",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tether' has no attribute {name!r}")

@@ -1,0 +1,37 @@
+"""Pure tensor math for RLHF: no models, no I/O, no configs. Imports torch only.
+
+Every function takes tensors (``[B, T]`` per-token, ``[B]`` per-sequence) and a boolean
+``mask`` where True marks a valid response token.
+"""
+
+from .advantages import gae, last_valid_index, token_rewards
+from .kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
+from .losses import LOSS_AGGREGATIONS, aggregate, ppo_policy_loss, value_loss
+from .stats import (
+    entropy_from_logits,
+    logprobs_from_logits,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    whiten,
+)
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
+    "AdaptiveKLController",
+    "FixedKLController",
+    "aggregate",
+    "entropy_from_logits",
+    "gae",
+    "kl_penalty",
+    "last_valid_index",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "ppo_policy_loss",
+    "token_rewards",
+    "value_loss",
+    "whiten",
+]

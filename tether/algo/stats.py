@@ -1,0 +1,91 @@
+"""Masked statistics and log-probabilities.
+
+Mask convention (one for the whole library): ``mask`` is a boolean tensor of the same shape as the
+values; ``True`` marks a valid response token. Masked positions are *never* read: every reduction
+multiplies by the mask or selects with it, so whatever sits in padded positions (zeros, garbage,
+NaN-free sentinels) cannot leak into a statistic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Sum of ``values`` over positions where ``mask`` is True.
+
+    values, mask: same shape (e.g. ``[B, T]``). Returns a scalar, or the sum along ``dim``.
+    Uses ``where`` rather than multiplication so that inf/NaN in masked positions cannot leak.
+    """
+    zeros = torch.zeros((), dtype=values.dtype, device=values.device)
+    kept = torch.where(mask, values, zeros)
+    return kept.sum() if dim is None else kept.sum(dim)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` over valid positions.
+
+    values, mask: same shape. With ``dim=None`` returns a scalar; otherwise the mean along ``dim``
+    (rows with no valid position give 0, not NaN).
+    """
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(values, mask, dim) / count.clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of ``values`` over all valid positions (scalar).
+
+    ``unbiased`` applies Bessel's correction n/(n-1), as the reference implementations do.
+    Raises ValueError when fewer than two positions are valid and ``unbiased`` is set.
+    """
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        if n < 2:
+            raise ValueError("masked_var: need at least 2 valid positions for an unbiased variance")
+        var = var * n / (n - 1)
+    return var
+
+
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+) -> torch.Tensor:
+    """Whiten ``values`` over the valid positions: ``(x - mean) / sqrt(var + eps)`` [H24].
+
+    values, mask: ``[B, T]`` (any equal shapes). Mean and (unbiased) variance come from valid
+    positions only. With ``shift_mean=False`` the mean is added back, so only the scale changes.
+    Masked positions are set to 0 in the output.
+    A single valid position cannot be whitened (variance undefined): it is returned centred to 0
+    (or unchanged when ``shift_mean=False``).
+    """
+    if mask.sum() < 2:
+        out = values - masked_mean(values, mask) if shift_mean else values
+        return torch.where(mask, out, torch.zeros_like(out))
+    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each chosen token: ``log softmax(logits)[..., token]``.
+
+    logits: ``[B, T, V]`` (already divided by the sampling temperature); tokens: ``[B, T]`` int.
+    Returns ``[B, T]`` float32 (logits are upcast). Computed as ``logit[token] - logsumexp(logits)``
+    so no ``[B, T, V]`` log-softmax tensor is materialised.
+    """
+    logits = logits.float()
+    chosen = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution at each position, in nats.
+
+    logits: ``[B, T, V]``. Returns ``[B, T]``: ``logsumexp(z) - sum softmax(z) * z``.
+    """
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)

@@ -1,0 +1,392 @@
+"""Configuration: plain dataclasses whose field docstrings are the documentation.
+
+``PPOConfig`` holds every PPO knob and is what the step API takes
+(``PPOConfig(model_name=..., learning_rate=1e-5, batch_size=16, ppo_epochs=4)``).
+``RunConfig`` is what ``tether ppo --config FILE.yaml`` reads: model, data, reward, and ``train``
+(a ``PPOConfig``). YAML keys map one-to-one onto fields; ``a.b=value`` overrides any of them.
+"""
+
+from __future__ import annotations
+
+
+import dataclasses
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .models.loading import DTYPES, LoraSettings
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+@dataclass
+class PPOConfig:
+    """PPO for RLHF. Defaults follow the TL;DR recipe of [H24] where it applies to small models."""
+
+    model_name: str | None = None
+    """Informational: the policy's name or path (recorded in checkpoints and logs)."""
+    seed: int = 0
+    """Seed for sampling, shuffling and initialisation."""
+
+    # --- batch geometry ---
+    batch_size: int = 16
+    """Prompts (= responses) per PPO iteration."""
+    mini_batch_size: int | None = None
+    """Sequences per forward/backward micro-batch. None: 4, or batch_size when that is smaller."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimiser step; an optimiser step sees mini_batch_size × this many sequences."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch, reshuffled into minibatches every pass."""
+
+    # --- optimiser ---
+    learning_rate: float = 1e-5
+    """Adam learning rate of the policy."""
+    critic_learning_rate: float | None = None
+    """Learning rate of the critic / value head; None uses learning_rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (1e-5 as in [H24], not PyTorch's 1e-8)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm (policy and critic together) to this; None disables clipping."""
+    lr_scheduler: str = "constant"
+    """constant | linear (decay to 0 over total_steps) | cosine."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear warm-up."""
+    total_steps: int | None = None
+    """PPO iterations the schedule spans; train() fills it in from the dataset when None."""
+
+    # --- generation ---
+    max_new_tokens: int = 64
+    """Longest response in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature; training logprobs use the same one [H24]."""
+    top_k: int = 0
+    """Top-k filter while sampling; 0 = off (pure sampling, as PPO assumes)."""
+    top_p: float = 1.0
+    """Nucleus filter while sampling; 1.0 = off."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Token ids that end a response like EOS does (the response is cut after the first)."""
+    use_chat_template: bool = True
+    """Render string prompts with the tokenizer's chat template (as one user turn) when it has one."""
+    max_prompt_length: int = 512
+    """Prompts longer than this keep their last tokens (with a warning)."""
+
+    # --- reward shaping ---
+    missing_eos_score: float | None = None
+    """Score given instead of the reward to responses that hit max_new_tokens without EOS (TL;DR: -1)."""
+    whiten_scores: bool = False
+    """Whiten the scores over the batch before they enter the per-token reward."""
+    score_clip: float | None = None
+    """Clip scores (after whitening) to [-score_clip, score_clip]."""
+
+    # --- KL to the reference ---
+    kl_coef: float = 0.05
+    """β of the per-token KL penalty r_t = -β·kl_t (initial value when adaptive)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator in the reward: k1 | k2 | k3."""
+    adaptive_kl: bool = False
+    """Adapt β toward kl_target with the controller of [Z19]."""
+    kl_target: float = 6.0
+    """Target per-sequence KL (nats) of the adaptive controller."""
+    kl_horizon: int = 10000
+    """Horizon (in sequences) of the adaptive controller."""
+    kl_loss_coef: float = 0.0
+    """Weight of a KL-to-reference term added to the loss (0 = off)."""
+    kl_loss_estimator: str = "k3"
+    """Estimator of the KL loss term: k1 | k2 | k3."""
+
+    # --- advantages ---
+    gamma: float = 1.0
+    """Discount of GAE."""
+    lam: float = 0.95
+    """λ of GAE."""
+    whiten_advantages: bool = True
+    """Whiten advantages over the valid tokens of the batch."""
+    advantage_shift_mean: bool = True
+    """When whitening advantages, also subtract their mean."""
+
+    # --- losses ---
+    cliprange: float = 0.2
+    """ε of the clipped policy objective."""
+    dual_clip: float | None = None
+    """c > 1 caps the loss of negative-advantage tokens at -c·A (dual clip); None = off."""
+    cliprange_value: float | None = 0.2
+    """ε_v of the clipped value loss; None = unclipped."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (subtracted from the loss)."""
+    loss_aggregation: str = "token-mean"
+    """token-mean | seq-mean-token-mean."""
+
+    # --- critic ---
+    value_model: str = "separate"
+    """separate: a critic network of its own; head: a value head on the policy's hidden states."""
+    critic_init: str = "policy"
+    """Weights of a separate critic: policy | reward_model (needs the policy's tokenizer)."""
+
+    def __post_init__(self):
+        self.validate()
+
+    # derived sizes, computed once
+    @property
+    def micro_batch_size(self) -> int:
+        """Sequences per forward/backward."""
+        return self.mini_batch_size if self.mini_batch_size is not None else min(4, self.batch_size)
+
+    @property
+    def backward_batch_size(self) -> int:
+        """Sequences per optimiser step."""
+        return self.micro_batch_size * self.gradient_accumulation_steps
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad option."""
+        from .algo import KL_ESTIMATORS, LOSS_AGGREGATIONS
+
+        positive = ["batch_size", "gradient_accumulation_steps", "ppo_epochs", "max_new_tokens",
+                    "max_prompt_length", "kl_horizon"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            raise ConfigError(f"mini_batch_size must be ≥ 1, got {self.mini_batch_size}")
+        if self.batch_size % self.backward_batch_size:
+            raise ConfigError(
+                f"batch_size ({self.batch_size}) must be divisible by mini_batch_size × "
+                f"gradient_accumulation_steps ({self.micro_batch_size} × {self.gradient_accumulation_steps})"
+            )
+        if self.learning_rate < 0:
+            raise ConfigError(f"learning_rate must be ≥ 0, got {self.learning_rate}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0 (PPO samples), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        choices = {
+            "kl_estimator": KL_ESTIMATORS,
+            "kl_loss_estimator": KL_ESTIMATORS,
+            "loss_aggregation": LOSS_AGGREGATIONS,
+            "lr_scheduler": ("constant", "linear", "cosine"),
+            "value_model": ("separate", "head"),
+            "critic_init": ("policy", "reward_model"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError(f"dual_clip must be > 1 (or null), got {self.dual_clip}")
+        if self.cliprange <= 0:
+            raise ConfigError(f"cliprange must be > 0, got {self.cliprange}")
+        if self.adaptive_kl and self.kl_target <= 0:
+            raise ConfigError(f"kl_target must be > 0 with adaptive_kl, got {self.kl_target}")
+
+
+@dataclass
+class ModelConfig:
+    """The policy to train."""
+
+    name_or_path: str = "smollm2-135m-instruct"
+    """HF id, local directory, or .gguf path. 'smollm2-135m-instruct' is the packaged offline model."""
+    gguf_file: str | None = None
+    """GGUF file name inside name_or_path (dequantised on load)."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16."""
+    trust_remote_code: bool = False
+    """Run model code from the model repo. Off unless you trust it."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA adapters (peft); lora.r = 0 trains the full model."""
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {sorted(DTYPES)}")
+
+
+@dataclass
+class DataConfig:
+    """The prompt dataset of train()."""
+
+    path: str = "builtin:instructions"
+    """JSONL file (a 'prompt' or 'messages' field per row), a datasets save_to_disk directory, or
+    builtin:instructions (prompts shipped with tether)."""
+    prompt_field: str = "prompt"
+    """Field that holds the prompt (string or chat messages)."""
+    epochs: int = 1
+    """Passes over the prompts."""
+    max_iterations: int | None = None
+    """Stop after this many PPO iterations (None: run all epochs)."""
+
+
+@dataclass
+class RewardSpec:
+    """Where scores come from: a built-in rule or a sequence-classification reward model."""
+
+    rule: str | None = "keyword"
+    """Built-in rule: keyword | length | exclamation (ignored when model is set)."""
+    rule_args: dict = field(default_factory=dict)
+    """Keyword arguments of the rule (keyword: words, cap; length: target_words; exclamation: cap)."""
+    model: str | None = None
+    """Path or id of a reward model (AutoModelForSequenceClassification, num_labels=1)."""
+    batch_size: int = 16
+    """Reward-model scoring batch size."""
+
+
+@dataclass
+class RunConfig:
+    """A whole `tether ppo` run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    train: PPOConfig = field(default_factory=PPOConfig)
+    output_dir: str = "runs/ppo"
+    """Directory for metrics, samples and checkpoints."""
+    save_every: int = 0
+    """Save a checkpoint every N iterations (0: only at the end)."""
+
+
+# ---------------------------------------------------------------- dict / YAML <-> dataclasses
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of a dataclass (read from its source)."""
+    import ast as _ast
+
+    try:
+        tree = _ast.parse(inspect.getsource(cls).lstrip())
+    except (OSError, TypeError):
+        return {}
+    docs, body = {}, tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, _ast.AnnAssign) and isinstance(node.target, _ast.Name):
+            if isinstance(nxt, _ast.Expr) and isinstance(getattr(nxt, "value", None), _ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(hint, value, prefix=f"{where}.")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-6" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a plain dict, rejecting unknown keys with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown option '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}" if prefix and not str(err).startswith(prefix) else str(err)) from None
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value), the value read as YAML (numbers, true/false, null, lists)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.option=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    where = f"{path}: " if path else ""
+    try:
+        return from_dict(RunConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{where}{err}") from None
+
+
+def save_run_config(config: RunConfig, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+__all__ = ["ConfigError", "DataConfig", "ModelConfig", "PPOConfig", "RewardSpec", "RunConfig",
+           "field_docs", "from_dict", "load_run_config", "parse_override", "save_run_config", "to_dict"]

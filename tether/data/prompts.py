@@ -1,0 +1,148 @@
+"""Prompt datasets: load rows, render chat templates, tokenize and left-pad.
+
+A prompt is a string or a list of chat messages (``[{"role": "user", "content": ...}]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A prompt file or row is malformed; the message names the file and row."""
+
+
+def _check_prompt(prompt: Any, where: str) -> Any:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise DataError(f"{where}: prompt is empty")
+        return prompt
+    if isinstance(prompt, list) and prompt and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in prompt
+    ):
+        return prompt
+    raise DataError(f"{where}: expected a non-empty string or a list of {{'role', 'content'}} messages, "
+                    f"got {type(prompt).__name__}")
+
+
+def prompt_from_row(row: dict, where: str, field: str = "prompt") -> Any:
+    """The prompt of one dataset row: ``row[field]``, else ``row['messages']``."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+    if field in row:
+        return _check_prompt(row[field], where)
+    if "messages" in row:
+        return _check_prompt(row["messages"], where)
+    raise DataError(f"{where}: no {field!r} or 'messages' field (fields: {sorted(row)})")
+
+
+def load_prompts(source: Any, field: str = "prompt") -> list[Any]:
+    """Prompts from ``builtin:NAME`` (sets shipped with tether), a JSONL file, a ``datasets`` directory saved with ``save_to_disk``, a HF
+    ``datasets.Dataset``, or a list of strings / message lists.
+    """
+    if isinstance(source, str) and source.startswith("builtin:"):
+        path = Path(__file__).parent / "builtin" / f"{source.split(':', 1)[1]}.jsonl"
+        if not path.exists():
+            known = sorted(p.stem for p in path.parent.glob("*.jsonl"))
+            raise DataError(f"{source}: no such built-in prompt set; known: {['builtin:' + k for k in known]}")
+        return load_prompts(path, field)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if path.is_dir():
+            from datasets import load_from_disk
+
+            return load_prompts(load_from_disk(str(path)), field)
+        if not path.exists():
+            raise DataError(f"{path}: prompt file not found")
+        prompts = []
+        with path.open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{where}: invalid JSON ({err.msg})") from None
+                prompts.append(prompt_from_row(row, where, field))
+        if not prompts:
+            raise DataError(f"{path}: no prompts")
+        return prompts
+    if hasattr(source, "column_names"):  # a datasets.Dataset
+        return [prompt_from_row(dict(row), f"dataset row {i}", field) for i, row in enumerate(source)]
+    return [_check_prompt(p, f"prompt {i}") for i, p in enumerate(source)]
+
+
+def render_prompt(prompt: Any, tokenizer, use_chat_template: bool = True) -> tuple[str, bool]:
+    """The text the policy sees and whether a chat template produced it.
+
+    Strings go through the chat template (as a single user turn, with the generation cue) when the
+    tokenizer has one and ``use_chat_template`` is set; otherwise they are used raw. Message lists
+    always need a template.
+    """
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if isinstance(prompt, str):
+        if not (use_chat_template and has_template):
+            return prompt, False
+        prompt = [{"role": "user", "content": prompt}]
+    if not has_template:
+        raise DataError("chat-message prompts need a tokenizer with a chat template")
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), True
+
+
+def tokenize_prompts(
+    prompts: Sequence[Any],
+    tokenizer,
+    max_prompt_length: int | None = None,
+    use_chat_template: bool = True,
+) -> list[list[int]]:
+    """Token ids of each rendered prompt. Prompts longer than ``max_prompt_length`` keep their last
+    ``max_prompt_length`` tokens (the end of a prompt, with the generation cue, matters most), with
+    a warning that counts them."""
+    ids = []
+    trimmed = 0
+    for prompt in prompts:
+        text, templated = render_prompt(prompt, tokenizer, use_chat_template)
+        # a template already contains BOS etc.; raw strings get the tokenizer's usual specials
+        tokens = tokenizer(text, add_special_tokens=not templated)["input_ids"]
+        if max_prompt_length is not None and len(tokens) > max_prompt_length:
+            tokens = tokens[-max_prompt_length:]
+            trimmed += 1
+        if not tokens:
+            raise DataError(f"prompt {len(ids)} tokenizes to nothing")
+        ids.append(tokens)
+    if trimmed:
+        logger.warning("%d of %d prompts were longer than max_prompt_length=%d and kept their last tokens",
+                       trimmed, len(prompts), max_prompt_length)
+    return ids
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists to ``[B, P]`` ids and a ``[B, P]`` bool mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            ids[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq) :] = True
+    return ids, mask
+
+
+def right_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists to ``[B, T]`` ids and a ``[B, T]`` bool mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = True
+    return ids, mask

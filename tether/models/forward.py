@@ -1,0 +1,83 @@
+"""The one forward pass used for scoring and training: logprobs (and values) of response tokens.
+
+Every model call in tether goes through ``response_forward`` so that sampling and training see the
+same position ids and the same temperature [H24].
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from ..algo.stats import entropy_from_logits, logprobs_from_logits
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from the first real token: ``cumsum(mask) − 1``, pads set to 0. ``[B, L]``."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    cached = getattr(model, "_tether_logits_to_keep", None)
+    if cached is None:
+        inner = model.get_base_model() if hasattr(model, "peft_config") else model
+        cached = "logits_to_keep" in inspect.signature(inner.forward).parameters
+        try:
+            model._tether_logits_to_keep = cached
+        except AttributeError:  # pragma: no cover - exotic wrappers
+            pass
+    return cached
+
+
+@dataclass
+class ResponseOutput:
+    """Per-response-token outputs of one forward. All ``[B, T]`` float32."""
+
+    logprobs: torch.Tensor  # log π(a_t|s_t) at the given temperature
+    entropy: torch.Tensor | None  # entropy of π(·|s_t) in nats (when asked)
+    values: torch.Tensor | None  # V(s_t) from a value head on this model (when asked)
+
+
+def response_forward(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_len: int,
+    temperature: float,
+    value_head=None,
+    with_entropy: bool = False,
+) -> ResponseOutput:
+    """Logprobs of the last ``response_len`` tokens of ``input_ids`` under ``model``.
+
+    input_ids, attention_mask: ``[B, P + T]`` — left-padded prompt then right-padded response.
+    Logits at position ``i`` predict token ``i + 1``, so response token ``t`` is scored from the
+    logits at ``P − 1 + t``. Logits are divided by ``temperature`` before the log-softmax. With a
+    ``value_head`` the values are read from the last hidden state at the same positions.
+    """
+    position_ids = position_ids_from_mask(attention_mask)
+    kwargs = {}
+    if _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = response_len + 1  # skip LM-head work on prompt positions
+    if value_head is not None:
+        kwargs["output_hidden_states"] = True
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=False, **kwargs)
+    logits = out.logits[:, -(response_len + 1) : -1, :] / temperature
+    response = input_ids[:, -response_len:]
+    values = None
+    if value_head is not None:
+        values = value_head(out.hidden_states[-1][:, -(response_len + 1) : -1, :])
+    return ResponseOutput(
+        logprobs=logprobs_from_logits(logits, response),
+        entropy=entropy_from_logits(logits) if with_entropy else None,
+        values=values,
+    )
+
+
+def critic_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
+    """Values ``[B, T]`` of a separate critic at the positions that predict each response token."""
+    values = critic(input_ids, attention_mask, position_ids_from_mask(attention_mask))
+    return values[:, -(response_len + 1) : -1]

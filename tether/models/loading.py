@@ -1,0 +1,138 @@
+"""Load policies, tokenizers and reward models by Hugging Face id, local directory or GGUF file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """Map a config dtype string to a torch dtype, with a clear error for anything else."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"model.dtype: unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters trained instead of the full policy (peft). ``r = 0`` turns LoRA off."""
+
+    r: int = 0
+    """Rank of the adapters; 0 trains the full model."""
+    alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.0
+    """Dropout inside the adapters. Keep 0 for PPO: old and new logprobs must be deterministic."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names to wrap (peft ``target_modules``)."""
+
+
+def _split_gguf(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Accept ``dir`` + ``gguf_file``, or a direct path to a ``.gguf`` file."""
+    if gguf_file is None and name_or_path.endswith(".gguf"):
+        path = Path(name_or_path)
+        return str(path.parent), path.name
+    return name_or_path, gguf_file
+
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False):
+    """Load a tokenizer; give it a pad token (its EOS) when it has none.
+
+    Padding side is left for generation; tether builds its own padded tensors, so the side only
+    matters for user code that calls the tokenizer directly.
+    """
+    from transformers import AutoTokenizer
+
+    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Ensure a pad token (reusing EOS) and left padding; raise if neither pad nor EOS exist."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has neither a pad token nor an EOS "
+                "token; set tokenizer.pad_token before passing it to tether"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("tokenizer has no pad token; using its EOS token %r for padding", tokenizer.eos_token)
+    tokenizer.padding_side = "left"
+
+
+def load_causal_lm(
+    name_or_path: str,
+    gguf_file: str | None = None,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    lora: LoraSettings | None = None,
+):
+    """Load a causal LM from a Hub id, a local HF directory, or a GGUF file (dequantised).
+
+    ``trust_remote_code`` stays off unless the caller turns it on. With ``lora.r > 0`` the model is
+    wrapped in a peft ``PeftModel`` with fresh adapters; only they are trained, and the reference
+    policy is the same weights with adapters disabled.
+    """
+    from transformers import AutoModelForCausalLM
+
+    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        name_or_path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+    )
+    if gguf_file:
+        forget_gguf_quantizer(model)
+    if lora is not None and lora.r > 0:
+        model = apply_lora(model, lora)
+    return model
+
+
+def forget_gguf_quantizer(model) -> None:
+    """GGUF weights are dequantised to ``dtype`` on load, but transformers still marks the model as
+    "quantized" and then refuses ``save_pretrained``. The weights are plain tensors: drop the mark."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in model.__dict__:
+            del model.__dict__[attr]
+
+
+def apply_lora(model, lora: LoraSettings):
+    """Wrap ``model`` in fresh peft LoRA adapters (causal-LM task)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_sequence_classifier(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """Load a reward model (``AutoModelForSequenceClassification``) and check it has one label."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name_or_path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+    )
+    if model.config.num_labels != 1:
+        raise ValueError(
+            f"reward model {name_or_path!r} has num_labels={model.config.num_labels}; a reward model "
+            "must output one scalar (num_labels=1)"
+        )
+    return model

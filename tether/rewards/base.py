@@ -1,0 +1,54 @@
+"""The reward-function protocol and the checks every reward goes through."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+Prompt = Any  # a prompt string, or a list of chat messages ({"role", "content"} dicts)
+
+
+class RewardFn(Protocol):
+    def __call__(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> Sequence[float]:
+        """One score per (prompt, completion) pair; higher is better."""
+
+
+class RewardError(ValueError):
+    """A reward function misbehaved (raised, wrong count, non-finite value)."""
+
+
+def check_scores(scores: Any, expected: int, source: str = "reward") -> torch.Tensor:
+    """Turn a reward function's output into a ``[expected]`` float32 tensor, or raise RewardError.
+
+    Accepts lists/tuples of numbers or scalar tensors, and 1-D tensors/arrays. The error names the
+    source and, for non-finite values, the offending rows.
+    """
+    try:
+        if isinstance(scores, torch.Tensor):
+            values = scores.detach().float().cpu().flatten()
+        else:
+            values = torch.tensor([float(s.item() if hasattr(s, "item") else s) for s in scores])
+    except (TypeError, ValueError) as err:
+        raise RewardError(f"{source} must return numbers, got {type(scores).__name__}: {err}") from err
+    if values.numel() != expected:
+        raise RewardError(f"{source} returned {values.numel()} scores for {expected} responses")
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad:
+        raise RewardError(f"{source} returned non-finite scores at rows {bad}: {values[bad].tolist()}")
+    return values
+
+
+def call_reward(fn: Callable, prompts: Sequence[Prompt], completions: Sequence[str]) -> torch.Tensor:
+    """Call a user reward function and validate what it returns; errors name the function."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    try:
+        scores = fn(list(prompts), list(completions))
+    except Exception as err:  # the user's code: report it with context, keep the traceback chained
+        raise RewardError(f"reward function {name} raised {type(err).__name__}: {err}") from err
+    return check_scores(scores, len(completions), source=f"reward function {name}")
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,54 @@
+"""Built-in rule rewards, selectable by name from a config (``reward.rule``).
+
+Each rule is a plain function ``(prompts, completions, **args) -> list[float]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Callable, Sequence
+
+
+POSITIVE_WORDS = (
+    "beautiful", "wonderful", "amazing", "happy", "happiness", "joy", "joyful", "love", "lovely", "delightful",
+    "great", "excellent", "fantastic", "vibrant", "bright", "warm", "peaceful", "exciting", "perfect", "best",
+    "brilliant", "cheerful", "glad", "kind", "pleasant", "fun", "smile", "hope", "inspiring", "magical",
+    "charming", "gorgeous", "incredible", "grateful", "thrilled", "enjoy", "enjoyable", "beauty", "serene",
+    "stunning", "good", "calm", "cozy", "fresh", "sweet", "delight", "laughter", "bliss", "friendly", "gentle",
+)
+
+
+def keyword_reward(prompts: Sequence, completions: Sequence[str], words: Sequence[str] = POSITIVE_WORDS,
+                   cap: int = 10) -> list[float]:
+    """Number of occurrences of any of ``words`` (whole words, case-insensitive), capped at ``cap``.
+
+    The default words are a small positive-sentiment lexicon: "write warmly" as a rule."""
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+    return [float(min(len(pattern.findall(c)), cap)) for c in completions]
+
+
+def length_reward(prompts: Sequence, completions: Sequence[str], target_words: int = 20) -> list[float]:
+    """``−|words − target| / target``: 0 at the target length, negative elsewhere."""
+    return [-abs(len(c.split()) - target_words) / target_words for c in completions]
+
+
+def exclamation_reward(prompts: Sequence, completions: Sequence[str], cap: int = 5) -> list[float]:
+    """Number of '!' characters, capped at ``cap``: an easy-to-learn style reward."""
+    return [float(min(c.count("!"), cap)) for c in completions]
+
+
+RULES: dict[str, Callable] = {
+    "keyword": keyword_reward,
+    "length": length_reward,
+    "exclamation": exclamation_reward,
+}
+
+
+def make_rule(name: str, args: dict | None = None) -> Callable:
+    """The rule ``name`` with its keyword ``args`` bound; the error lists the known rules."""
+    if name not in RULES:
+        raise ValueError(f"reward.rule: unknown rule {name!r}; known rules: {sorted(RULES)}")
+    fn = functools.partial(RULES[name], **(args or {}))
+    fn.__qualname__ = f"rule:{name}"  # type: ignore[attr-defined]
+    return fn

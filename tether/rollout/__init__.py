@@ -1,0 +1,7 @@
+"""Rollout engines and the Rollout/Experience dataclasses."""
+
+from .engine import Engine, SamplingParams, truncate_after_stop
+from .hf import HFEngine
+from .types import Experience, Rollout
+
+__all__ = ["Engine", "Experience", "HFEngine", "Rollout", "SamplingParams", "truncate_after_stop"]

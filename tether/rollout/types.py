@@ -1,0 +1,66 @@
+"""The data that flows through one PPO iteration, with shapes.
+
+B = number of sequences, P = padded prompt length, T = padded response length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """Sampled (or user-given) prompt/response token ids with their masks."""
+
+    prompt_ids: torch.Tensor  # [B, P] long, left-padded
+    prompt_mask: torch.Tensor  # [B, P] bool, True on real prompt tokens
+    response_ids: torch.Tensor  # [B, T] long, right-padded (pad id after the first EOS/stop)
+    response_mask: torch.Tensor  # [B, T] bool, True up to and including the first EOS/stop token
+    ended: torch.Tensor  # [B] bool, True when the response ended with EOS/stop (not truncated)
+
+    def __post_init__(self):
+        b, p = self.prompt_ids.shape
+        if self.prompt_mask.shape != (b, p):
+            raise ValueError(f"prompt_mask {tuple(self.prompt_mask.shape)} != prompt_ids {(b, p)}")
+        if self.response_ids.shape[0] != b or self.response_mask.shape != self.response_ids.shape:
+            raise ValueError(
+                f"response_ids {tuple(self.response_ids.shape)} / response_mask "
+                f"{tuple(self.response_mask.shape)} do not match {b} prompts"
+            )
+        if (self.response_mask.sum(1) == 0).any():
+            rows = (self.response_mask.sum(1) == 0).nonzero().flatten().tolist()
+            raise ValueError(f"responses {rows} are empty: every response needs at least one token")
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """``[B, P + T]`` prompt followed by response."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``[B, P + T]`` long mask: real prompt tokens and valid response tokens."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1).long()
+
+
+@dataclass
+class Experience:
+    """A rollout scored once before the PPO epochs (dropout off, no grad)."""
+
+    input_ids: torch.Tensor  # [B, P + T] prompt + response
+    attention_mask: torch.Tensor  # [B, P + T] long
+    response_mask: torch.Tensor  # [B, T] bool
+    logprobs: torch.Tensor  # [B, T] log π_old(a_t|s_t), at the sampling temperature
+    ref_logprobs: torch.Tensor  # [B, T] log π_ref(a_t|s_t), same temperature
+    values: torch.Tensor  # [B, T] V_old(s_t), 0 where masked
+    advantages: torch.Tensor  # [B, T] whitened GAE advantages, 0 where masked
+    returns: torch.Tensor  # [B, T] A + V (unwhitened), 0 where masked
+
+    def select(self, index: torch.Tensor) -> Experience:
+        """The rows ``index`` (``[b]`` long) of every field."""
+        return Experience(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @property
+    def response_len(self) -> int:
+        return self.response_mask.shape[1]

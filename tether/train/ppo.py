@@ -1,0 +1,527 @@
+"""PPOTrainer: one PPO-for-RLHF iteration, readable top to bottom.
+
+    rollout (generate, or the user's responses in ``step``)
+      -> make_experience: one no-grad forward each for logprobs, ref_logprobs, values
+      -> per-token rewards (−β·KL, score on the last token) -> GAE -> whitened advantages
+      -> ppo_epochs × shuffled minibatches × accumulation micro-batches: clipped losses, one
+         optimiser step per minibatch with the loss normalised by its global valid-token count
+      -> KL controller update -> stats dict
+
+``step()`` (the step API) and ``train()`` (the full loop) share ``_iteration``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..algo import (
+    AdaptiveKLController,
+    FixedKLController,
+    aggregate,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_sum,
+    ppo_policy_loss,
+    token_rewards,
+    value_loss,
+    whiten,
+)
+from ..config import PPOConfig
+from ..data.prompts import left_pad, load_prompts, tokenize_prompts
+from ..models.critic import ValueHead, ValueModel, hidden_size_of, is_peft, unwrap_peft
+from ..models.forward import critic_values, response_forward
+from ..models.loading import prepare_tokenizer
+from ..rewards.base import call_reward, check_scores
+from ..rollout import Experience, HFEngine, Rollout, SamplingParams
+from ..tracking import JSONLSink, format_stats, write_atomically, write_json
+from .optim import make_optimizer, make_scheduler
+from .step_inputs import build_rollout, is_text, prompt_token_lists, response_token_lists
+
+logger = logging.getLogger(__name__)
+
+# generate() keyword arguments that TRL-era code passes; mapped onto SamplingParams or accepted as no-ops
+_GEN_ALIASES = {"max_new_tokens", "temperature", "top_k", "top_p", "min_new_tokens"}
+_GEN_IGNORED = {"do_sample", "pad_token_id", "eos_token_id", "min_length", "use_cache"}
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+class PPOTrainer:
+    """PPO for RLHF on any Hugging Face causal LM.
+
+    ``PPOTrainer(config, model, tokenizer)`` is the step API of the TRL ≤ 0.11 trainer:
+    ``generate(prompts)`` then ``step(prompts, responses, rewards)``. The TRL 0.11 positional
+    order ``PPOTrainer(config, model, ref_model, tokenizer, dataset)`` is accepted too.
+
+    Keyword arguments:
+        ref_model: frozen reference; default a frozen copy of ``model``, or — when ``model`` is a
+            peft model — the same weights with adapters disabled (no second copy).
+        critic: a ``ValueModel``; default built per ``config.value_model`` / ``config.critic_init``.
+        reward_fn: ``fn(prompts, completions) -> scores`` used by ``train()``; or
+        reward_model: a sequence-classification model (``RewardModelScorer`` or raw model + its
+            tokenizer via ``reward_tokenizer``).
+        dataset: prompts for ``train()`` (JSONL path, ``datasets.Dataset`` or list).
+        engine: rollout engine (default: ``HFEngine`` on the policy).
+        log_dir: when set, metrics go to ``log_dir/metrics.jsonl``.
+    """
+
+    def __init__(self, config: PPOConfig, model, tokenizer=None, *trl_positional, ref_model=None,
+                 critic: ValueModel | None = None, reward_fn: Callable | None = None, reward_model=None,
+                 reward_tokenizer=None, dataset=None, engine=None, log_dir: str | Path | None = None):
+        if isinstance(tokenizer, nn.Module):  # TRL 0.11 order: (config, model, ref_model, tokenizer, dataset)
+            ref_model, tokenizer = tokenizer, (trl_positional[0] if trl_positional else None)
+            dataset = trl_positional[1] if len(trl_positional) > 1 else dataset
+        elif trl_positional:
+            dataset = trl_positional[0]
+        if tokenizer is None:
+            raise TypeError("PPOTrainer needs a tokenizer: PPOTrainer(config, model, tokenizer)")
+        if not isinstance(config, PPOConfig):
+            raise TypeError(f"config must be a tether.PPOConfig, got {type(config).__name__}")
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.tokenizer = tokenizer
+        prepare_tokenizer(tokenizer)
+        self.policy = model.eval()  # eval mode throughout: dropout off in every forward [H24]
+        self.device = next(model.parameters()).device
+
+        if ref_model is not None:
+            self.ref_model = _freeze(ref_model)
+        elif is_peft(model):
+            self.ref_model = None  # adapters disabled = the base model
+        else:
+            self.ref_model = _freeze(copy.deepcopy(model))
+
+        self.reward_fn = self._make_reward(reward_fn, reward_model, reward_tokenizer)
+        self.value_head: ValueHead | None = None
+        self.critic: ValueModel | None = None
+        if config.value_model == "head":
+            self.value_head = ValueHead(hidden_size_of(unwrap_peft(model).config)).to(self.device)
+        elif critic is not None:
+            self.critic = critic.eval()
+        elif config.critic_init == "reward_model":
+            rm = getattr(self.reward_fn, "model", reward_model)
+            if rm is None:
+                raise ValueError("critic_init='reward_model' needs a reward_model")
+            self._check_same_vocab(getattr(self.reward_fn, "tokenizer", reward_tokenizer))
+            self.critic = ValueModel.from_reward_model(rm).to(self.device).eval()
+        else:
+            self.critic = ValueModel.from_causal_lm(model).to(self.device).eval()
+        critic_module = self.critic if self.critic is not None else self.value_head
+
+        self.optimizer = make_optimizer(self.policy.parameters(), critic_module.parameters(),
+                                        config.learning_rate, config.critic_learning_rate,
+                                        config.weight_decay, config.adam_eps)
+        self.scheduler = None  # built lazily: train() may fill in total_steps first
+        if config.adaptive_kl:
+            self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        else:
+            self.kl_ctl = FixedKLController(config.kl_coef)
+        self.engine = engine if engine is not None else HFEngine(self.policy)
+        self.dataset = dataset
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed)
+        self.sink = JSONLSink(Path(log_dir) / "metrics.jsonl") if log_dir else None
+        self.iteration = 0
+        self.scoring_temperature = config.temperature
+        self._sampled: dict = {}  # (prompt key, completion text) -> sampled ids, filled by generate()
+        self._generate_seconds = 0.0
+
+    # ------------------------------------------------------------------ public API
+
+    def generate(self, query: Any, length_sampler: Callable[[], int] | None = None,
+                 return_prompt: bool = True, batch_size: int | None = None, **gen_kwargs):
+        """Sample responses.
+
+        ``query``: a prompt string, a list of them (or of chat message lists) -> completion
+        string(s); a 1-D token-id tensor -> ``[1, L]`` tensor; a list of 1-D tensors -> list of
+        1-D tensors (TRL ≤ 0.11). Token outputs include the prompt unless ``return_prompt=False``.
+        ``gen_kwargs``: max_new_tokens, temperature, top_k, top_p, min_new_tokens (others that TRL
+        code passes — do_sample, pad_token_id, eos_token_id, min_length — are accepted and ignored:
+        PPO always samples). A temperature here also becomes the scoring temperature of ``step``.
+        """
+        single = isinstance(query, str) or (isinstance(query, torch.Tensor) and query.dim() == 1)
+        queries = [query] if single else list(query)
+        if not queries:
+            raise ValueError("generate: no prompts")
+        params = self._sampling_params(gen_kwargs, length_sampler)
+        text = is_text(queries)
+        prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
+                                        self.config.use_chat_template)
+        chunk = batch_size or len(queries)
+        start_time = time.perf_counter()
+        responses: list[list[int]] = []
+        for start in range(0, len(queries), chunk):
+            rollout = self._sample(prompt_ids[start : start + chunk], params)
+            responses += [row[m].tolist() for row, m in zip(rollout.response_ids, rollout.response_mask)]
+        self._generate_seconds += time.perf_counter() - start_time
+        if text:
+            completions = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+            for q, c, ids in zip(queries, completions, responses):
+                self._sampled[(repr(q), c)] = ids
+            return completions[0] if single else completions
+        outs = [torch.tensor((p if return_prompt else []) + r, dtype=torch.long, device=self.device)
+                for p, r in zip(prompt_ids, responses)]
+        return outs[0].unsqueeze(0) if single else outs
+
+    def step(self, queries: Sequence[Any], responses: Sequence[Any], scores: Sequence[Any],
+             response_masks=None) -> dict[str, float]:
+        """One PPO iteration on given prompts, responses and scores; returns the stats dict.
+
+        queries: prompt strings / chat messages, or 1-D token-id tensors (TRL ≤ 0.11).
+        responses: completion strings (ideally from ``generate``), or 1-D response token tensors.
+        scores: one number or scalar tensor per response.
+        """
+        if response_masks is not None:
+            raise NotImplementedError("response_masks (TRL 0.11) are not supported; pass unpadded responses")
+        n = len(queries)
+        if len(responses) != n:
+            raise ValueError(f"step: {n} queries but {len(responses)} responses")
+        if n != self.config.batch_size:
+            raise ValueError(f"step: got {n} queries, but config.batch_size is {self.config.batch_size}")
+        scores_t = check_scores(scores, n, source="step: scores")
+        prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
+                                        self.config.use_chat_template)
+        response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
+        rollout = build_rollout(prompt_ids, response_ids, self._stop_ids(), self.tokenizer.pad_token_id,
+                                self.device)
+        self._sampled.clear()
+        stats = self._iteration(rollout, scores_t.to(self.device), generate_seconds=self._generate_seconds)
+        self._generate_seconds = 0.0
+        return stats
+
+    def train(self, dataset=None, reward_fn: Callable | None = None, epochs: int = 1,
+              max_iterations: int | None = None, output_dir: str | Path | None = None,
+              save_every: int = 0, progress: bool | None = None) -> list[dict[str, float]]:
+        """Run PPO over a prompt dataset; returns the stats of every iteration.
+
+        dataset: JSONL path / ``datasets.Dataset`` / list of prompts (default: the constructor's).
+        reward_fn: ``fn(prompts, completions) -> scores`` (default: the constructor's reward).
+        Writes ``metrics.jsonl``, ``samples.jsonl`` and checkpoints under ``output_dir`` when set.
+        """
+        from tqdm.auto import tqdm
+
+        prompts = load_prompts(dataset if dataset is not None else self.dataset)
+        reward = reward_fn if reward_fn is not None else self.reward_fn
+        if reward is None:
+            raise ValueError("train() needs a reward: pass reward_fn= or reward_model=")
+        bs = self.config.batch_size
+        if len(prompts) < bs:
+            raise ValueError(f"the dataset has {len(prompts)} prompts, fewer than batch_size={bs}")
+        per_epoch = len(prompts) // bs
+        if len(prompts) % bs:
+            logger.warning("%d prompts do not fill a batch of %d and are skipped each epoch", len(prompts) % bs, bs)
+        total = per_epoch * epochs if max_iterations is None else min(max_iterations, per_epoch * epochs)
+        if self.config.total_steps is None:
+            self.config.total_steps = total
+        token_ids = tokenize_prompts(prompts, self.tokenizer, self.config.max_prompt_length,
+                                     self.config.use_chat_template)
+        out = Path(output_dir) if output_dir else None
+        if out is not None and self.sink is None:
+            self.sink = JSONLSink(out / "metrics.jsonl")
+        params = self._sampling_params({}, None)
+        history: list[dict[str, float]] = []
+        bar = tqdm(total=total, desc="ppo", unit="it", disable=not show_progress(progress))
+        for _ in range(epochs):
+            order = torch.randperm(len(prompts), generator=self.shuffle_generator).tolist()
+            for b in range(per_epoch):
+                if len(history) >= total:
+                    break
+                idx = order[b * bs : (b + 1) * bs]
+                batch_prompts = [prompts[i] for i in idx]
+                t0 = time.perf_counter()
+                rollout = self._sample([token_ids[i] for i in idx], params)
+                t_gen = time.perf_counter() - t0
+                completions = self._decode(rollout)
+                t0 = time.perf_counter()
+                scores = call_reward(reward, batch_prompts, completions).to(self.device)
+                t_reward = time.perf_counter() - t0
+                stats = self._iteration(rollout, scores, generate_seconds=t_gen, reward_seconds=t_reward)
+                history.append(stats)
+                if out is not None:
+                    self._log_samples(out / "samples.jsonl", batch_prompts, completions, scores)
+                    if save_every and self.iteration % save_every == 0:
+                        self.save_pretrained(out / "checkpoints" / f"step-{self.iteration:06d}")
+                bar.set_postfix_str(format_stats(stats, ("env/reward_mean", "objective/kl")))
+                bar.update(1)
+                if bar.disable and (self.iteration % 10 == 0 or self.iteration in (1, total)):
+                    logger.info("iteration %d/%d %s", self.iteration, total, format_stats(stats))
+        bar.close()
+        if out is not None:
+            self.save_pretrained(out / "final")
+        return history
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write an HF-format checkpoint atomically: policy (or its peft adapters) and tokenizer at
+        the top, the critic under ``critic/`` (or ``value_head.safetensors``), trainer state JSON."""
+
+        def write(tmp: Path) -> None:
+            self.policy.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            if self.critic is not None:
+                self.critic.save_pretrained(tmp / "critic")
+            if self.value_head is not None:
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
+                          tmp / "value_head.safetensors")
+            write_json(tmp / "tether_state.json", {"iteration": self.iteration, "kl_ctl": self.kl_ctl.state_dict(),
+                                                   "model_name": self.config.model_name})
+
+        return write_atomically(directory, write)
+
+    # ------------------------------------------------------------------ one PPO iteration
+
+    def _iteration(self, rollout: Rollout, scores: torch.Tensor, generate_seconds: float = 0.0,
+                   reward_seconds: float = 0.0) -> dict[str, float]:
+        t0 = time.perf_counter()
+        if self.scheduler is None:
+            self.scheduler = self._make_scheduler()
+        experience, stats = self.make_experience(rollout, scores)
+        stats.update(self.ppo_update(experience))
+        self.kl_ctl.update(stats["objective/kl"], rollout.prompt_ids.shape[0])
+        self.iteration += 1
+        stats["time/generate"] = generate_seconds
+        stats["time/reward"] = reward_seconds
+        stats["time/step"] = time.perf_counter() - t0
+        stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.sink is not None:
+            self.sink.log(self.iteration, stats)
+        return stats
+
+    @torch.no_grad()
+    def make_experience(self, rollout: Rollout, scores: torch.Tensor) -> tuple[Experience, dict[str, float]]:
+        """Score a rollout once (no grad, dropout off): logprobs, ref logprobs, values, then rewards,
+        GAE and whitened advantages. scores: ``[B]`` raw sequence scores."""
+        cfg = self.config
+        input_ids, attention_mask, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        T = mask.shape[1]
+        logprobs, ref_logprobs, values, entropy = [], [], [], []
+        for rows in torch.arange(input_ids.shape[0], device=self.device).split(cfg.micro_batch_size):
+            ids, attn = input_ids[rows], attention_mask[rows]
+            out = response_forward(self.policy, ids, attn, T, self.scoring_temperature, self.value_head,
+                                   with_entropy=True)
+            with self._reference() as ref:
+                ref_out = response_forward(ref, ids, attn, T, self.scoring_temperature)
+            logprobs.append(out.logprobs)
+            entropy.append(out.entropy)
+            ref_logprobs.append(ref_out.logprobs)
+            values.append(out.values if out.values is not None else critic_values(self.critic, ids, attn, T))
+        logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
+        values = torch.where(mask, torch.cat(values), 0.0)
+        entropy = torch.cat(entropy)
+
+        shaped = scores.float()
+        if cfg.missing_eos_score is not None:
+            shaped = torch.where(rollout.ended, shaped, torch.full_like(shaped, cfg.missing_eos_score))
+        if cfg.whiten_scores:
+            shaped = whiten(shaped, torch.ones_like(shaped, dtype=torch.bool))
+        if cfg.score_clip is not None:
+            shaped = shaped.clamp(-cfg.score_clip, cfg.score_clip)
+        kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), 0.0)
+        rewards = token_rewards(shaped, kl, self.kl_ctl.value, mask)
+        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask, shift_mean=cfg.advantage_shift_mean)
+        experience = Experience(input_ids, attention_mask, mask, logprobs, ref_logprobs, values, advantages, returns)
+        kl_per_seq = masked_sum(kl, mask, dim=1)
+        stats = {
+            "objective/kl": kl_per_seq.mean().item(),
+            "objective/kl_coef": float(self.kl_ctl.value),
+            "objective/entropy": masked_mean(entropy, mask).item(),
+            "objective/scores": scores.float().mean().item(),
+            "objective/rlhf_reward": rewards.sum(1).mean().item(),
+            "env/reward_mean": scores.float().mean().item(),
+            "env/reward_std": scores.float().std().item() if scores.numel() > 1 else 0.0,
+            "tokens/response_len_mean": mask.sum(1).float().mean().item(),
+            "tokens/ended_frac": rollout.ended.float().mean().item(),
+        }
+        return experience, stats
+
+    def ppo_update(self, experience: Experience) -> dict[str, float]:
+        """``ppo_epochs`` passes of shuffled minibatches; one optimiser step per minibatch."""
+        cfg = self.config
+        batch = experience.input_ids.shape[0]
+        totals: dict[str, float] = {}
+        steps = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(batch, generator=self.shuffle_generator).to(self.device)
+            for minibatch in order.split(cfg.backward_batch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                sums = self.accumulate_gradients(experience, minibatch)
+                grad_norm = self._clip_gradients()
+                self.optimizer.step()
+                self.scheduler.step()
+                sums["grad_norm"] = grad_norm
+                for k, v in sums.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                steps += 1
+        tokens = totals["tokens"]
+        return {
+            "loss/policy": totals["loss_policy"] / steps,
+            "loss/value": totals["loss_value"] / steps,
+            "loss/total": totals["loss_total"] / steps,
+            "policy/approxkl": totals["approxkl"] / tokens,
+            "policy/clipfrac": totals["pg_clipped"] / tokens,
+            "policy/ratio_mean": totals["ratio"] / tokens,
+            "val/clipfrac": totals["vf_clipped"] / tokens,
+            "val/vpred": totals["vpred"] / tokens,
+            "val/error": totals["error"] / tokens,
+            "policy/grad_norm": totals["grad_norm"] / steps,
+        }
+
+    def accumulate_gradients(self, experience: Experience, rows: torch.Tensor) -> dict[str, float]:
+        """Backward the loss of the minibatch ``rows`` (``[b]`` long) in micro-batches.
+
+        Each micro-batch loss is normalised by the valid-token (or sequence) count of the whole
+        minibatch, so the accumulated gradient equals that of one forward over all of ``rows``,
+        whatever the micro-batch size. Returns summed statistics (floats).
+        """
+        cfg = self.config
+        num_tokens = experience.response_mask[rows].sum().item()
+        num_seqs = rows.numel()
+        T = experience.response_len
+        sums = {"loss_policy": 0.0, "loss_value": 0.0, "loss_total": 0.0, "tokens": float(num_tokens)}
+        for micro in rows.split(cfg.micro_batch_size):
+            mb = experience.select(micro)
+            out = response_forward(self.policy, mb.input_ids, mb.attention_mask, T, self.scoring_temperature,
+                                   self.value_head, with_entropy=cfg.entropy_coef > 0)
+            new_values = out.values if out.values is not None else critic_values(
+                self.critic, mb.input_ids, mb.attention_mask, T)
+            agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+            pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
+                                                cfg.cliprange, cfg.dual_clip, **agg)
+            vf_loss, vf_stats = value_loss(new_values, mb.values, mb.returns, mb.response_mask,
+                                           cfg.cliprange_value, **agg)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            if cfg.entropy_coef > 0:
+                loss = loss - cfg.entropy_coef * aggregate(out.entropy, mb.response_mask, cfg.loss_aggregation,
+                                                           num_tokens, num_seqs)
+            if cfg.kl_loss_coef > 0:
+                kl = kl_penalty(out.logprobs, mb.ref_logprobs, cfg.kl_loss_estimator)
+                loss = loss + cfg.kl_loss_coef * aggregate(kl, mb.response_mask, cfg.loss_aggregation,
+                                                           num_tokens, num_seqs)
+            loss.backward()
+            sums["loss_policy"] += pg_loss.item()
+            sums["loss_value"] += vf_loss.item()
+            sums["loss_total"] += loss.item()
+            for prefix, part in (("pg_", pg_stats), ("vf_", vf_stats)):
+                for k, v in part.items():
+                    key = prefix + k if k == "clipped" else k
+                    sums[key] = sums.get(key, 0.0) + v.item()
+        return sums
+
+    # ------------------------------------------------------------------ helpers
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The reference policy: the frozen model, or the policy with its LoRA adapters disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+    def _trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _clip_gradients(self) -> float:
+        params = [p for p in self._trainable_parameters() if p.grad is not None]
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _make_scheduler(self):
+        cfg = self.config
+        per_iteration = cfg.ppo_epochs * (cfg.batch_size // cfg.backward_batch_size)
+        total = cfg.total_steps * per_iteration if cfg.total_steps else None
+        return make_scheduler(self.optimizer, cfg.lr_scheduler, cfg.warmup_steps, total)
+
+    def _stop_ids(self) -> list[int]:
+        ids = list(self.config.stop_token_ids)
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.insert(0, self.tokenizer.eos_token_id)
+        return ids
+
+    def _sampling_params(self, gen_kwargs: dict, length_sampler) -> SamplingParams:
+        unknown = set(gen_kwargs) - _GEN_ALIASES - _GEN_IGNORED
+        if unknown:
+            raise TypeError(f"generate: unsupported arguments {sorted(unknown)}; supported: "
+                            f"{sorted(_GEN_ALIASES)}")
+        if gen_kwargs.get("do_sample") is False:
+            raise ValueError("generate: do_sample=False is not PPO; PPO needs samples from the policy")
+        cfg = self.config
+        temperature = float(gen_kwargs.get("temperature", cfg.temperature))
+        if temperature <= 0:
+            raise ValueError(f"generate: temperature must be > 0, got {temperature}")
+        if temperature != self.scoring_temperature:
+            logger.warning("generate: temperature %.3g differs from the scoring temperature %.3g; "
+                           "step() now scores at %.3g so old and new logprobs match", temperature,
+                           self.scoring_temperature, temperature)
+            self.scoring_temperature = temperature
+        max_new = length_sampler() if length_sampler is not None else gen_kwargs.get("max_new_tokens", cfg.max_new_tokens)
+        return SamplingParams(
+            max_new_tokens=int(max_new),
+            temperature=temperature,
+            top_k=int(gen_kwargs.get("top_k", cfg.top_k) or 0),
+            top_p=float(gen_kwargs.get("top_p", cfg.top_p)),
+            min_new_tokens=int(gen_kwargs.get("min_new_tokens", 0)),
+            eos_token_ids=self._stop_ids(),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def _sample(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollout:
+        ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
+        self.engine.update_weights(self.policy)
+        return self.engine.generate(ids.to(self.device), mask.to(self.device), params)
+
+    def _decode(self, rollout: Rollout) -> list[str]:
+        rows = [r[m].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask)]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    def _make_reward(self, reward_fn, reward_model, reward_tokenizer):
+        if reward_fn is not None and reward_model is not None:
+            raise ValueError("pass reward_fn or reward_model, not both")
+        if reward_model is None or callable(reward_model) and not isinstance(reward_model, nn.Module):
+            return reward_fn if reward_fn is not None else reward_model
+        from ..rewards.model import RewardModelScorer
+
+        if reward_tokenizer is None:
+            raise ValueError("reward_model given as a model needs reward_tokenizer= (its own tokenizer)")
+        return RewardModelScorer(reward_model, reward_tokenizer)
+
+    def _check_same_vocab(self, other_tokenizer) -> None:
+        if other_tokenizer is None or other_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError("critic_init='reward_model' needs a reward model with the policy's tokenizer; "
+                             "use critic_init='policy' for a reward model with its own tokenizer")
+
+    def _log_samples(self, path: Path, prompts, completions, scores) -> None:
+        import json
+
+        with path.open("a", encoding="utf-8") as handle:
+            for p, c, s in zip(prompts[:4], completions[:4], scores[:4].tolist()):
+                handle.write(json.dumps({"iteration": self.iteration, "prompt": p, "completion": c,
+                                         "score": s}) + "\n")
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars: as asked, else only on an interactive terminal outside CI."""
+    if progress is not None:
+        return progress
+    import os
+    import sys
+
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+__all__ = ["PPOTrainer", "show_progress"]

@@ -1,0 +1,66 @@
+"""Turn what users pass to ``generate``/``step`` (strings or token-id tensors) into a Rollout."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..data.prompts import left_pad, right_pad, tokenize_prompts
+from ..rollout import Rollout, truncate_after_stop
+
+
+def as_id_list(x: Any, what: str, index: int) -> list[int]:
+    """A 1-D token-id tensor or list -> list of ints, with an error naming the row."""
+    if isinstance(x, torch.Tensor):
+        if x.dim() != 1:
+            raise ValueError(f"{what}[{index}]: expected a 1-D token-id tensor, got shape {tuple(x.shape)}")
+        return x.tolist()
+    if isinstance(x, (list, tuple)) and all(isinstance(t, int) for t in x):
+        return list(x)
+    raise ValueError(f"{what}[{index}]: expected a string or a 1-D tensor of token ids, got {type(x).__name__}")
+
+
+def is_text(items: Sequence[Any]) -> bool:
+    return all(isinstance(x, str) or (isinstance(x, list) and x and isinstance(x[0], dict)) for x in items)
+
+
+def prompt_token_lists(queries: Sequence[Any], tokenizer, max_prompt_length: int, use_chat_template: bool):
+    """Token ids of each query (text rendered like ``generate`` renders it, tensors as they are)."""
+    if is_text(queries):
+        return tokenize_prompts(queries, tokenizer, max_prompt_length, use_chat_template)
+    return [as_id_list(q, "queries", i) for i, q in enumerate(queries)]
+
+
+def response_token_lists(responses: Sequence[Any], prompt_keys: Sequence[Any], cache: dict, tokenizer):
+    """Token ids of each response.
+
+    Strings that ``generate`` produced are looked up in ``cache`` (exact sampled ids, so
+    re-tokenisation cannot change them); other strings are tokenised and end with EOS (they are
+    treated as complete answers). Tensors are used as they are.
+    """
+    out = []
+    for i, (response, key) in enumerate(zip(responses, prompt_keys)):
+        if isinstance(response, str):
+            ids = cache.get((key, response))
+            if ids is None:
+                ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            out.append(list(ids))
+        else:
+            out.append(as_id_list(response, "responses", i))
+        if not out[-1]:
+            raise ValueError(f"responses[{i}] is empty")
+    return out
+
+
+def build_rollout(prompt_ids: list[list[int]], response_ids: list[list[int]], stop_ids: list[int],
+                  pad_id: int, device) -> Rollout:
+    """Pad prompts left and responses right, cut responses after their first stop token."""
+    p_ids, p_mask = left_pad(prompt_ids, pad_id)
+    r_ids, r_mask = right_pad(response_ids, pad_id)
+    cut_ids, cut_mask, ended = truncate_after_stop(r_ids, stop_ids, pad_id)
+    mask = cut_mask & r_mask
+    ids = torch.where(mask, cut_ids, torch.full_like(cut_ids, pad_id))
+    width = int(mask.sum(1).max())  # trim padding columns left by the cut
+    return Rollout(p_ids.to(device), p_mask.to(device), ids[:, :width].to(device),
+                   mask[:, :width].to(device), ended.to(device))
