@@ -9,7 +9,8 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 def test_seed_kwargs_work():
     config = PPOConfig(model_name="m", learning_rate=1e-5, batch_size=16, ppo_epochs=4)
-    assert config.backward_batch_size == 4 and config.micro_batch_size == 4
+    assert config.micro_batch_size == 4 and config.accumulation_steps == 4
+    assert config.backward_batch_size == 16  # one optimiser step per PPO epoch by default
 
 
 @pytest.mark.parametrize("kwargs, message", [

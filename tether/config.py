@@ -37,9 +37,10 @@ class PPOConfig:
     batch_size: int = 16
     """Prompts (= responses) per PPO iteration."""
     mini_batch_size: int | None = None
-    """Sequences per forward/backward micro-batch. None: 4, or batch_size when that is smaller."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches per optimiser step; an optimiser step sees mini_batch_size × this many sequences."""
+    """Sequences per forward/backward (a memory knob). None: 4, or batch_size when that is smaller."""
+    gradient_accumulation_steps: int | None = None
+    """Forward/backward passes per optimiser step; a step sees mini_batch_size × this many sequences.
+    None: the whole batch (one optimiser step per PPO epoch, the default of TRL and [H24])."""
     ppo_epochs: int = 4
     """Passes over each rollout batch, reshuffled into minibatches every pass."""
 
@@ -141,25 +142,32 @@ class PPOConfig:
         return self.mini_batch_size if self.mini_batch_size is not None else min(4, self.batch_size)
 
     @property
+    def accumulation_steps(self) -> int:
+        """Forward/backward passes per optimiser step."""
+        if self.gradient_accumulation_steps is not None:
+            return self.gradient_accumulation_steps
+        return max(1, self.batch_size // self.micro_batch_size)
+
+    @property
     def backward_batch_size(self) -> int:
         """Sequences per optimiser step."""
-        return self.micro_batch_size * self.gradient_accumulation_steps
+        return self.micro_batch_size * self.accumulation_steps
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad option."""
         from .algo import KL_ESTIMATORS, LOSS_AGGREGATIONS
 
-        positive = ["batch_size", "gradient_accumulation_steps", "ppo_epochs", "max_new_tokens",
-                    "max_prompt_length", "kl_horizon"]
+        positive = ["batch_size", "ppo_epochs", "max_new_tokens", "max_prompt_length", "kl_horizon"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.mini_batch_size is not None and self.mini_batch_size < 1:
-            raise ConfigError(f"mini_batch_size must be ≥ 1, got {self.mini_batch_size}")
+        for name in ("mini_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.batch_size % self.backward_batch_size:
             raise ConfigError(
                 f"batch_size ({self.batch_size}) must be divisible by mini_batch_size × "
-                f"gradient_accumulation_steps ({self.micro_batch_size} × {self.gradient_accumulation_steps})"
+                f"gradient_accumulation_steps ({self.micro_batch_size} × {self.accumulation_steps})"
             )
         if self.learning_rate < 0:
             raise ConfigError(f"learning_rate must be ≥ 0, got {self.learning_rate}")

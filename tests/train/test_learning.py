@@ -13,7 +13,8 @@ def reward_for_letter_a(prompts, completions):
 
 
 def test_reward_rises_on_tiny_model(model, tokenizer):
-    config = PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=4, learning_rate=3e-3, max_new_tokens=8,
+    config = PPOConfig(batch_size=8, mini_batch_size=4, gradient_accumulation_steps=1, ppo_epochs=4,
+                       learning_rate=3e-3, max_new_tokens=8,
                        temperature=1.0, kl_coef=0.01, seed=0)
     trainer = PPOTrainer(config, model, tokenizer, reward_fn=reward_for_letter_a)
     history = trainer.train(PROMPTS * 30, epochs=1, max_iterations=30, progress=False)

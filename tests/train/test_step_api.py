@@ -97,3 +97,11 @@ def test_generate_temperature_becomes_scoring_temperature(model, tokenizer):
     assert trainer.scoring_temperature == 1.3
     stats = trainer.step(PROMPTS, responses, [0.0] * 4)
     assert stats["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_stop_token_ends_responses(model, tokenizer):
+    stop = tokenizer.convert_tokens_to_ids("x")
+    trainer = make_trainer(model, tokenizer, stop_token_ids=[stop])
+    stats = trainer.step(PROMPTS, ["abxcd", "x", "no stop", "ax"], [1.0, 2.0, 3.0, 4.0])
+    # "abxcd" is cut after x (3 tokens), "x" is 1, "no stop" + EOS is 8, "ax" is 2
+    assert stats["tokens/response_len_mean"] == pytest.approx((3 + 1 + 8 + 2) / 4)

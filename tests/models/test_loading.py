@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+from tether import LoraSettings, PPOConfig, PPOTrainer, load_causal_lm, load_tokenizer
+
+
+@pytest.fixture
+def saved(tmp_path, model, tokenizer):
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    return tmp_path / "m"
+
+
+def test_trust_remote_code_is_off_unless_asked(saved, monkeypatch):
+    import transformers
+
+    seen = {}
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    load_causal_lm(str(saved))
+    assert seen["trust_remote_code"] is False
+    load_causal_lm(str(saved), trust_remote_code=True)
+    assert seen["trust_remote_code"] is True
+
+
+def test_bfloat16_policy_trains(saved):
+    model = load_causal_lm(str(saved), dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    tokenizer = load_tokenizer(str(saved))
+    trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4,
+                                   learning_rate=1e-2), model, tokenizer)
+    prompts = ["a", "b"]
+    stats = trainer.step(prompts, trainer.generate(prompts), [1.0, 0.0])
+    assert stats["objective/entropy"] > 0 and torch.isfinite(torch.tensor(stats["loss/total"]))
+
+
+def test_lora_settings_wrap_in_peft(saved):
+    model = load_causal_lm(str(saved), lora=LoraSettings(r=2, target_modules=["q_proj"]))
+    assert hasattr(model, "peft_config")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_unknown_dtype_is_named():
+    with pytest.raises(ValueError, match="model.dtype: unknown dtype 'fp8'"):
+        load_causal_lm("whatever", dtype="fp8")
+
+
+def test_tokenizer_without_pad_gets_eos(tokenizer):
+    from tether.models.loading import prepare_tokenizer
+
+    tokenizer.pad_token = None
+    prepare_tokenizer(tokenizer)
+    assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"
