@@ -1,7 +1,8 @@
 """The TRL-style step API on the offline SmolLM2-135M-Instruct: generate -> your reward -> step.
 
 This is the seed program of the old TRL PPOTrainer, unchanged but for the import line and the
-model; the reward counts warm, positive words (tether.rewards.rules.keyword_reward).
+model. The reward is the seed's own ``len(r)`` (characters), or with ``--reward keyword`` the number
+of warm, positive words (tether.rewards.rules.keyword_reward).
 
     .venv/bin/python examples/step_api.py                    # full fine-tuning, ~2 min per iteration on 2 cores
     .venv/bin/python examples/step_api.py --model DIR --iterations 1 --batch-size 4   (any HF model)
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="stop starting new iterations after this")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--reward", choices=["length", "keyword"], default="length")
     args = parser.parse_args()
 
     MODEL = resolve_model(args.model)
@@ -41,7 +43,10 @@ def main() -> None:
             break
         batch = batches[i % len(batches)]
         responses = ppo_trainer.generate(batch, max_new_tokens=args.max_new_tokens)   # list of strings
-        rewards = keyword_reward(batch, responses)                                    # plain numbers
+        if args.reward == "length":
+            rewards = [len(r) for r in responses]                                     # plain numbers
+        else:
+            rewards = keyword_reward(batch, responses)
         stats = ppo_trainer.step(batch, responses, rewards)                           # dict of floats
         rewards_seen.append(stats["env/reward_mean"])
         print(f"iteration {i + 1}: reward {stats['env/reward_mean']:.3f}  kl {stats['objective/kl']:.3f}  "

@@ -62,7 +62,6 @@ def sample_and_score(trainer, prompts: list, reward) -> tuple[list[str], list[fl
     bs = trainer.config.batch_size
     for start in range(0, len(prompts), bs):
         completions += trainer.generate(prompts[start : start + bs])
-    trainer._sampled.clear()
     return completions, [float(s) for s in reward(prompts, completions)]
 
 

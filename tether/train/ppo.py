@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -135,7 +138,8 @@ class PPOTrainer:
         self.sink = JSONLSink(Path(log_dir) / "metrics.jsonl") if log_dir else None
         self.iteration = 0
         self.scoring_temperature = config.temperature
-        self._sampled: dict = {}  # (prompt key, completion text) -> sampled ids, filled by generate()
+        self._sampled: dict = {}  # (repr(prompt), completion text) -> sampled ids, filled by generate()
+        self._prompt_ids: dict = {}  # repr(prompt) -> prompt ids, so step() does not re-tokenise
         self._generate_seconds = 0.0
 
     # ------------------------------------------------------------------ public API
@@ -158,7 +162,7 @@ class PPOTrainer:
         params = self._sampling_params(gen_kwargs, length_sampler)
         text = is_text(queries)
         prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
-                                        self.config.use_chat_template)
+                                        self.config.use_chat_template, self._prompt_ids)
         chunk = batch_size or len(queries)
         start_time = time.perf_counter()
         responses: list[list[int]] = []
@@ -192,11 +196,12 @@ class PPOTrainer:
             raise ValueError(f"step: got {n} queries, but config.batch_size is {self.config.batch_size}")
         scores_t = check_scores(scores, n, source="step: scores")
         prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
-                                        self.config.use_chat_template)
+                                        self.config.use_chat_template, self._prompt_ids)
         response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
         rollout = build_rollout(prompt_ids, response_ids, self._stop_ids(), self.tokenizer.pad_token_id,
                                 self.device)
         self._sampled.clear()
+        self._prompt_ids.clear()
         stats = self._iteration(rollout, scores_t.to(self.device), generate_seconds=self._generate_seconds)
         self._generate_seconds = 0.0
         return stats
@@ -506,8 +511,6 @@ class PPOTrainer:
                              "use critic_init='policy' for a reward model with its own tokenizer")
 
     def _log_samples(self, path: Path, prompts, completions, scores) -> None:
-        import json
-
         with path.open("a", encoding="utf-8") as handle:
             for p, c, s in zip(prompts[:4], completions[:4], scores[:4].tolist()):
                 handle.write(json.dumps({"iteration": self.iteration, "prompt": p, "completion": c,
@@ -518,9 +521,6 @@ def show_progress(progress: bool | None) -> bool:
     """Progress bars: as asked, else only on an interactive terminal outside CI."""
     if progress is not None:
         return progress
-    import os
-    import sys
-
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 

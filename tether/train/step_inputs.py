@@ -25,11 +25,20 @@ def is_text(items: Sequence[Any]) -> bool:
     return all(isinstance(x, str) or (isinstance(x, list) and x and isinstance(x[0], dict)) for x in items)
 
 
-def prompt_token_lists(queries: Sequence[Any], tokenizer, max_prompt_length: int, use_chat_template: bool):
-    """Token ids of each query (text rendered like ``generate`` renders it, tensors as they are)."""
-    if is_text(queries):
-        return tokenize_prompts(queries, tokenizer, max_prompt_length, use_chat_template)
-    return [as_id_list(q, "queries", i) for i, q in enumerate(queries)]
+def prompt_token_lists(queries: Sequence[Any], tokenizer, max_prompt_length: int, use_chat_template: bool,
+                       cache: dict | None = None):
+    """Token ids of each query (text rendered like ``generate`` renders it, tensors as they are).
+
+    ``cache`` maps ``repr(query)`` to ids already computed (by ``generate``): those are reused, the
+    rest tokenised and added to it."""
+    if not is_text(queries):
+        return [as_id_list(q, "queries", i) for i, q in enumerate(queries)]
+    cache = {} if cache is None else cache
+    missing = [q for q in queries if repr(q) not in cache]
+    if missing:
+        for q, ids in zip(missing, tokenize_prompts(missing, tokenizer, max_prompt_length, use_chat_template)):
+            cache[repr(q)] = ids
+    return [cache[repr(q)] for q in queries]
 
 
 def response_token_lists(responses: Sequence[Any], prompt_keys: Sequence[Any], cache: dict, tokenizer):
