@@ -66,3 +66,22 @@ def test_config_show_prints_docs(capsys):
 def test_help_via_python_m(args):
     result = subprocess.run([sys.executable, "-m", "tether", *args], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: tether" in result.stdout
+
+
+def test_ppo_command_with_a_reward_model_that_has_its_own_tokenizer(tmp_path, tiny_dir, capsys):
+    from tiny import tiny_reward_model, tiny_tokenizer
+
+    rm_tokenizer = tiny_tokenizer(chat_template=False)
+    rm_tokenizer.add_tokens(["<only-in-the-reward-model>"])  # a vocabulary the policy does not have
+    rm = tiny_reward_model(rm_tokenizer)
+    rm.save_pretrained(tmp_path / "rm")
+    rm_tokenizer.save_pretrained(tmp_path / "rm")
+    (tmp_path / "rm" / "tether_reward_normalization.json").write_text('{"shift": 100.0, "scale": 1.0}')
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) for i in range(4)))
+    out = tmp_path / "run"
+    assert main(["ppo", "--out", str(out), f"model.name_or_path={tiny_dir}", f"data.path={prompts}",
+                 f"reward.model={tmp_path / 'rm'}", "train.batch_size=4", "train.max_new_tokens=3",
+                 "train.ppo_epochs=1"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["env/reward_mean"] < -90  # the stored shift was applied
