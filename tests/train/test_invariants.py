@@ -100,7 +100,14 @@ def test_masked_positions_carry_no_entropy_kl_or_value(model, tokenizer):
     invalid = ~experience.response_mask
     for name in ("values", "advantages", "returns"):
         assert getattr(experience, name)[invalid].abs().max().item() == 0.0
-    assert stats["objective/entropy"] > 0  # never the negative value of a padded sentinel
+    # entropy over valid tokens only, from an independent route (torch.distributions on HF logits)
+    ids, attn = rollout.input_ids, rollout.attention_mask
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = trainer.policy(input_ids=ids, attention_mask=attn, position_ids=positions).logits
+    T = rollout.response_ids.shape[1]
+    dist = torch.distributions.Categorical(logits=logits[:, -T - 1 : -1] / trainer.config.temperature)
+    expected = dist.entropy()[rollout.response_mask].mean().item()
+    assert stats["objective/entropy"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_value_model_is_saved_and_reloads(model, tokenizer, tmp_path):

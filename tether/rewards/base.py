@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -48,7 +47,3 @@ def call_reward(fn: Callable, prompts: Sequence[Prompt], completions: Sequence[s
     except Exception as err:  # the user's code: report it with context, keep the traceback chained
         raise RewardError(f"reward function {name} raised {type(err).__name__}: {err}") from err
     return check_scores(scores, len(completions), source=f"reward function {name}")
-
-
-def is_finite_number(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

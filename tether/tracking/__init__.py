@@ -1,6 +1,6 @@
 """Metric sinks and checkpoints."""
 
 from .checkpoint import write_atomically, write_json
-from .metrics import JSONLSink, format_stats, read_jsonl
+from .metrics import JSONLSink, format_stats
 
-__all__ = ["JSONLSink", "format_stats", "read_jsonl", "write_atomically", "write_json"]
+__all__ = ["JSONLSink", "format_stats", "write_atomically", "write_json"]

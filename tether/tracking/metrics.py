@@ -21,11 +21,6 @@ class JSONLSink:
             handle.write(json.dumps(row) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def format_stats(stats: dict, keys=("env/reward_mean", "objective/kl", "objective/entropy",
                                     "policy/clipfrac", "tokens/response_len_mean", "time/step")) -> str:
     """A compact one-line summary of the headline metrics."""
