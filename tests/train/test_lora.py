@@ -40,3 +40,19 @@ def test_lora_critic_is_a_plain_copy_of_the_base(model, tokenizer):
     trainer = PPOTrainer(PPOConfig(batch_size=4), policy, tokenizer)
     names = [n for n, _ in trainer.critic.named_parameters()]
     assert names and not any("lora_" in n for n in names)
+
+
+def test_lora_checkpoint_loads_with_auto_model(model, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model.save_pretrained(tmp_path / "base")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    policy = apply_lora(base, LoraSettings(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_rate=5e-2,
+                                   max_new_tokens=4), policy, tokenizer)
+    trainer.step(PROMPTS, trainer.generate(PROMPTS), [1.0, 2.0, 3.0, 4.0])
+    out = trainer.save_pretrained(tmp_path / "ckpt")
+    loaded = AutoModelForCausalLM.from_pretrained(out)  # peft adapters + base_model_name_or_path
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, policy(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
