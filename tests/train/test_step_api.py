@@ -105,3 +105,20 @@ def test_stop_token_ends_responses(model, tokenizer):
     stats = trainer.step(PROMPTS, ["abxcd", "x", "no stop", "ax"], [1.0, 2.0, 3.0, 4.0])
     # "abxcd" is cut after x (3 tokens), "x" is 1, "no stop" + EOS is 8, "ax" is 2
     assert stats["tokens/response_len_mean"] == pytest.approx((3 + 1 + 8 + 2) / 4)
+
+
+def test_step_reuses_generate_tokenization_and_caches_stay_bounded(model, tokenizer, monkeypatch):
+    import tether.train.ppo as ppo_module
+    import tether.train.step_inputs as step_inputs
+
+    trainer = make_trainer(model, tokenizer)
+    responses = trainer.generate(PROMPTS)
+    calls = []
+    real = step_inputs.tokenize_prompts
+    monkeypatch.setattr(step_inputs, "tokenize_prompts", lambda *a, **k: calls.append(a) or real(*a, **k))
+    trainer.step(PROMPTS, responses, [1.0, 2.0, 3.0, 4.0])
+    assert calls == []  # the prompt ids from generate() were reused
+    monkeypatch.setattr(ppo_module, "_SAMPLE_CACHE_LIMIT", 6)
+    for _ in range(3):
+        trainer.generate(PROMPTS)
+    assert len(trainer._sampled) <= 6 + len(PROMPTS)

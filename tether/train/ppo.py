@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 # generate() keyword arguments that TRL-era code passes; mapped onto SamplingParams or accepted as no-ops
 _GEN_ALIASES = {"max_new_tokens", "temperature", "top_k", "top_p", "min_new_tokens"}
 _GEN_IGNORED = {"do_sample", "pad_token_id", "eos_token_id", "min_length", "use_cache"}
+# generate() remembers sampled ids for step(); an evaluation loop that never calls step() must not grow it forever
+_SAMPLE_CACHE_LIMIT = 4096
 
 
 def _freeze(model: nn.Module) -> nn.Module:
@@ -170,6 +172,9 @@ class PPOTrainer:
             rollout = self._sample(prompt_ids[start : start + chunk], params)
             responses += [row[m].tolist() for row, m in zip(rollout.response_ids, rollout.response_mask)]
         self._generate_seconds += time.perf_counter() - start_time
+        if len(self._sampled) > _SAMPLE_CACHE_LIMIT:  # generate() called many times without step()
+            self._sampled.clear()
+            self._prompt_ids.clear()
         if text:
             completions = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
             for q, c, ids in zip(queries, completions, responses):
