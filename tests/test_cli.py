@@ -85,3 +85,37 @@ def test_ppo_command_with_a_reward_model_that_has_its_own_tokenizer(tmp_path, ti
                  "train.ppo_epochs=1"]) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["env/reward_mean"] < -90  # the stored shift was applied
+
+
+def test_rm_command_trains_normalises_and_saves(tmp_path, tokenizer, capsys):
+    from tests.train.test_reward_trainer import pairs
+    from tether.rewards.model import RewardModelScorer
+    from tiny import tiny_reward_model
+
+    backbone = tmp_path / "backbone"
+    tiny_reward_model(tokenizer).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in pairs(40, 0)) + "\n")
+    config = tmp_path / "rm.yaml"
+    config.write_text(f"model: {backbone}\ndata:\n  path: {data}\n  eval_fraction: 0.25\n"
+                      "train:\n  learning_rate: 3.0e-3\n  batch_size: 8\n  epochs: 3\n  max_length: 64\n")
+    assert main(["rm", "--config", str(config), "--out", str(tmp_path / "run"), "train.warmup_ratio=0.0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train_pairs"] == 30 and summary["eval_pairs"] == 10
+    assert summary["eval/accuracy"] >= 0.9
+    scorer = RewardModelScorer.from_pretrained(summary["checkpoint"])
+    assert (scorer.shift, scorer.scale) == (summary["shift"], summary["scale"])
+    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_rm_command_without_data_is_a_config_error(tmp_path, capsys):
+    assert main(["rm", "--out", str(tmp_path / "run")]) == 2
+    assert "data.path" in capsys.readouterr().err
+
+
+def test_config_show_rm_lists_reward_options(capsys):
+    assert main(["config", "show", "--rm"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# A whole `tether rm` run.")
+    assert "train.use_margin = true" in text and "data.eval_fraction = 0.1" in text

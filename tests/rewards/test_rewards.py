@@ -43,3 +43,11 @@ def test_reward_model_must_have_one_label(tokenizer):
                                                     pad_token_id=tokenizer.pad_token_id))
     with pytest.raises(ValueError, match="num_labels=2"):
         RewardModelScorer(rm, tokenizer)
+
+
+def test_sentiment_rule_scores_vader_compound():
+    from tether.rewards import make_rule
+
+    scores = make_rule("sentiment")(["p"] * 3, ["What a wonderful, happy day!", "The table is brown.",
+                                                 "This is terrible and I hate it."])
+    assert scores[0] > 0.5 and scores[1] == 0.0 and scores[2] < -0.5

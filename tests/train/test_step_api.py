@@ -122,3 +122,27 @@ def test_step_reuses_generate_tokenization_and_caches_stay_bounded(model, tokeni
     for _ in range(3):
         trainer.generate(PROMPTS)
     assert len(trainer._sampled) <= 6 + len(PROMPTS)
+
+
+def test_sequence_kl_is_zero_before_training_and_matches_a_manual_sum_after(model, tokenizer):
+    from tether.algo import logprobs_from_logits
+
+    trainer = make_trainer(model, tokenizer, learning_rate=1e-2)
+    responses = trainer.generate(PROMPTS)
+    assert trainer.sequence_kl(PROMPTS, responses) == [0.0] * 4  # policy == reference
+    trainer.step(PROMPTS, responses, [1.0, 0.0, 1.0, 0.0])
+    responses = trainer.generate(PROMPTS)
+    kls = trainer.sequence_kl(PROMPTS, responses)
+    # independent check, one sequence at a time, no padding: Σ log π − log π_ref over the response
+    for prompt, completion, kl in zip(PROMPTS, responses, kls):
+        p = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                          add_generation_prompt=True)
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        r_ids = trainer._sampled[(repr(prompt), completion)]
+        ids = torch.tensor([p_ids + r_ids])
+        with torch.no_grad():
+            lp = [logprobs_from_logits(m(ids).logits[:, len(p_ids) - 1 : -1] / trainer.scoring_temperature,
+                                       ids[:, len(p_ids):]).sum().item()
+                  for m in (trainer.policy, trainer.ref_model)]
+        assert kl == pytest.approx(lp[0] - lp[1], abs=1e-4)
+    assert any(abs(k) > 1e-6 for k in kls)

@@ -6,6 +6,7 @@ Every function takes tensors (``[B, T]`` per-token, ``[B]`` per-sequence) and a 
 
 from .advantages import gae, last_valid_index, token_rewards
 from .kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
+from .preference import bradley_terry_loss
 from .losses import LOSS_AGGREGATIONS, aggregate, ppo_policy_loss, value_loss
 from .stats import (
     entropy_from_logits,
@@ -22,6 +23,7 @@ __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "aggregate",
+    "bradley_terry_loss",
     "entropy_from_logits",
     "gae",
     "kl_penalty",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -44,6 +44,19 @@ def prompt_from_row(row: dict, where: str, field: str = "prompt") -> Any:
     raise DataError(f"{where}: no {field!r} or 'messages' field (fields: {sorted(row)})")
 
 
+def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    """``("file:line", parsed row)`` for each non-blank line; bad JSON raises ``DataError`` naming the line."""
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: invalid JSON ({err.msg})") from None
+
+
 def load_prompts(source: Any, field: str = "prompt") -> list[Any]:
     """Prompts from ``builtin:NAME`` (sets shipped with tether), a JSONL file, a ``datasets`` directory saved with ``save_to_disk``, a HF
     ``datasets.Dataset``, or a list of strings / message lists.
@@ -62,17 +75,7 @@ def load_prompts(source: Any, field: str = "prompt") -> list[Any]:
             return load_prompts(load_from_disk(str(path)), field)
         if not path.exists():
             raise DataError(f"{path}: prompt file not found")
-        prompts = []
-        with path.open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: invalid JSON ({err.msg})") from None
-                prompts.append(prompt_from_row(row, where, field))
+        prompts = [prompt_from_row(row, where, field) for where, row in read_jsonl(path)]
         if not prompts:
             raise DataError(f"{path}: no prompts")
         return prompts

@@ -136,3 +136,15 @@ def load_sequence_classifier(name_or_path: str, dtype: str = "float32", trust_re
             "must output one scalar (num_labels=1)"
         )
     return model
+
+
+def load_reward_backbone(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """A model to *train* as a reward model: any ``AutoModelForSequenceClassification``-compatible
+    checkpoint (an encoder such as MiniLM, a decoder LM, or an existing reward model), given a
+    fresh one-label head when it has none or one of another size."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        name_or_path, num_labels=1, ignore_mismatched_sizes=True, dtype=resolve_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+    )

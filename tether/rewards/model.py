@@ -20,12 +20,32 @@ def prompt_text(prompt: Prompt) -> str:
     return "\n".join(str(m.get("content", "")) for m in prompt)
 
 
+def encode_pairs(tokenizer, prompts: Sequence[Prompt], completions: Sequence[str], max_length: int):
+    """Tokenise (prompt text, completion) as a text pair, right-padded, for a sequence classifier.
+
+    Training and scoring both go through here, so a reward model sees the same inputs in both.
+    Over ``max_length`` the longer of the two is trimmed first (in practice the prompt), so the
+    completion — what the reward judges — is kept whole whenever it fits.
+    """
+    tokenizer.padding_side = "right"
+    return tokenizer([prompt_text(p) for p in prompts], list(completions), truncation="longest_first",
+                     max_length=max_length, padding=True, return_tensors="pt")
+
+
+def save_normalization(directory: str | Path, shift: float, scale: float, **info) -> None:
+    """Store ``score = (logit − shift) / scale`` next to a reward model (read by ``from_pretrained``)."""
+    if not scale > 0:
+        raise ValueError(f"normalisation scale must be > 0, got {scale}")
+    (Path(directory) / NORMALIZATION_FILE).write_text(
+        json.dumps({"shift": float(shift), "scale": float(scale), **info}, indent=2))
+
+
 class RewardModelScorer:
     """``RewardFn`` backed by an ``AutoModelForSequenceClassification`` with ``num_labels = 1``.
 
     The reward model may use a different tokenizer from the policy (e.g. a BERT encoder under a
-    Llama policy): it receives *text* and re-tokenises prompt and completion as a pair, truncating
-    the prompt first. Its score is the model's single logit (HF reads it at the last real token of
+    Llama policy): it receives *text* and re-tokenises prompt and completion as a pair
+    (``encode_pairs``). Its score is the model's single logit (HF reads it at the last real token of
     decoder models, at [CLS] for encoders), then ``(logit − shift) / scale`` when a normalisation
     is stored with the model [Z19].
     """
@@ -62,13 +82,10 @@ class RewardModelScorer:
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[float]:
         device = next(self.model.parameters()).device
-        self.tokenizer.padding_side = "right"
         scores: list[float] = []
         for start in range(0, len(completions), self.batch_size):
-            batch_prompts = [prompt_text(p) for p in prompts[start : start + self.batch_size]]
-            batch_completions = list(completions[start : start + self.batch_size])
-            enc = self.tokenizer(batch_prompts, batch_completions, truncation="only_first",
-                                 max_length=self.max_length, padding=True, return_tensors="pt").to(device)
+            enc = encode_pairs(self.tokenizer, prompts[start : start + self.batch_size],
+                               completions[start : start + self.batch_size], self.max_length).to(device)
             logits = self.model(**enc).logits[:, 0].float()
             scores.extend(((logits - self.shift) / self.scale).tolist())
         return scores

@@ -38,10 +38,26 @@ def exclamation_reward(prompts: Sequence, completions: Sequence[str], cap: int =
     return [float(min(c.count("!"), cap)) for c in completions]
 
 
+@functools.lru_cache(maxsize=1)
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def sentiment_reward(prompts: Sequence, completions: Sequence[str]) -> list[float]:
+    """VADER compound sentiment of each completion, in [−1, 1] (Hutto & Gilbert 2014, the
+    ``vaderSentiment`` package): a lexicon-and-rules scorer with negation and intensifiers. The demo
+    uses it as the *gold* annotator that labels preference pairs."""
+    analyzer = _vader()
+    return [float(analyzer.polarity_scores(c)["compound"]) for c in completions]
+
+
 RULES: dict[str, Callable] = {
     "keyword": keyword_reward,
     "length": length_reward,
     "exclamation": exclamation_reward,
+    "sentiment": sentiment_reward,
 }
 
 

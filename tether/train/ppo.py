@@ -272,6 +272,29 @@ class PPOTrainer:
             self.save_pretrained(out / "final")
         return history
 
+    @torch.no_grad()
+    def sequence_kl(self, queries: Sequence[Any], responses: Sequence[Any]) -> list[float]:
+        """KL of the policy to the reference on given responses, one number (nats) per response:
+        ``Σ_t log π(y_t|·) − log π_ref(y_t|·)`` over the valid response tokens, at the scoring
+        temperature. For responses sampled from the policy (``generate``) its mean is an unbiased
+        estimate of KL(π‖π_ref) per sequence, the same quantity as ``objective/kl``."""
+        if len(queries) != len(responses):
+            raise ValueError(f"sequence_kl: {len(queries)} queries but {len(responses)} responses")
+        prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
+                                        self.config.use_chat_template, self._prompt_ids)
+        response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
+        kls: list[float] = []
+        step = self.config.micro_batch_size
+        for start in range(0, len(queries), step):
+            rollout = build_rollout(prompt_ids[start : start + step], response_ids[start : start + step],
+                                    self._stop_ids(), self.tokenizer.pad_token_id, self.device)
+            ids, attn, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+            logprobs = response_forward(self.policy, ids, attn, mask.shape[1], self.scoring_temperature).logprobs
+            with self._reference() as ref:
+                ref_logprobs = response_forward(ref, ids, attn, mask.shape[1], self.scoring_temperature).logprobs
+            kls += masked_sum(logprobs - ref_logprobs, mask, dim=1).tolist()
+        return kls
+
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write an HF-format checkpoint atomically: policy (or its peft adapters) and tokenizer at
         the top, the critic under ``critic/`` (or ``value_head.safetensors``), trainer state JSON."""
