@@ -59,7 +59,7 @@ def test_config_errors_exit_2_with_the_option_named(tmp_path, capsys):
 def test_config_show_prints_docs(capsys):
     assert main(["config", "show"]) == 0
     text = capsys.readouterr().out
-    assert "train.kl_coef = 0.05" in text and "per-token KL penalty" in text
+    assert "train.kl_coef = 0.05" in text and "β of the KL penalty" in text
 
 
 @pytest.mark.parametrize("args", [["--help"], ["ppo", "--help"], ["demo", "--help"]])

@@ -114,6 +114,9 @@ def cmd_rm(args) -> int:
             raise ConfigError(f"data.eval_fraction={config.data.eval_fraction} leaves no training pairs")
     path = resolve_model(config.model)
     logger.info("loading reward-model backbone %s", config.model)
+    import torch
+
+    torch.manual_seed(config.train.seed)  # the fresh one-label head is initialised from this seed
     model = load_reward_backbone(path, config.dtype, config.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
     trainer = RewardTrainer(config.train, model, tokenizer, train_pairs, eval_pairs or None, log_dir=out)

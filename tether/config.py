@@ -20,6 +20,9 @@ from typing import Any
 from .models.loading import DTYPES, LoraSettings
 
 
+ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
+
+
 class ConfigError(ValueError):
     """A config file, key or value is wrong; the message names it."""
 
@@ -32,10 +35,17 @@ class PPOConfig:
     """Informational: the policy's name or path (recorded in checkpoints and logs)."""
     seed: int = 0
     """Seed for sampling, shuffling and initialisation."""
+    algorithm: str = "ppo"
+    """Advantage estimator: ppo (critic + GAE) | grpo (group mean/std) | rloo (leave-one-out mean) |
+    reinforce_pp (REINFORCE++: KL-shaped returns, batch whitening). Only ppo loads a critic."""
+    num_generations: int = 1
+    """Responses sampled per prompt; rows of a batch come in groups of this size (grpo/rloo: >= 2)."""
+    grpo_scale_rewards: bool = True
+    """GRPO: divide by the group's reward std; false = Dr. GRPO (mean-centred only)."""
 
     # --- batch geometry ---
     batch_size: int = 16
-    """Prompts (= responses) per PPO iteration."""
+    """Responses (rollout rows) per iteration: batch_size / num_generations prompts."""
     mini_batch_size: int | None = None
     """Sequences per forward/backward (a memory knob). None: 4, or batch_size when that is smaller."""
     gradient_accumulation_steps: int | None = None
@@ -88,7 +98,9 @@ class PPOConfig:
 
     # --- KL to the reference ---
     kl_coef: float = 0.05
-    """β of the per-token KL penalty r_t = -β·kl_t (initial value when adaptive)."""
+    """β of the KL penalty (initial value when adaptive): per token in the reward r_t = -β·kl_t for
+    ppo and reinforce_pp, per sequence in the score for rloo, as a loss term β·KL (estimator
+    kl_loss_estimator) for grpo."""
     kl_estimator: str = "k1"
     """Per-token KL estimator in the reward: k1 | k2 | k3."""
     adaptive_kl: bool = False
@@ -100,7 +112,7 @@ class PPOConfig:
     kl_loss_coef: float = 0.0
     """Weight of a KL-to-reference term added to the loss (0 = off)."""
     kl_loss_estimator: str = "k3"
-    """Estimator of the KL loss term: k1 | k2 | k3."""
+    """Estimator of the KL loss terms (kl_loss_coef, and grpo's β·KL): k1 | k2 | k3 (k3: unbiased, ≥ 0)."""
 
     # --- advantages ---
     gamma: float = 1.0
@@ -108,7 +120,8 @@ class PPOConfig:
     lam: float = 0.95
     """λ of GAE."""
     whiten_advantages: bool = True
-    """Whiten advantages over the valid tokens of the batch."""
+    """Whiten advantages over the valid tokens of the batch (ppo; rloo: scale only, no shift).
+    reinforce_pp always whitens; grpo never (its group std does that job)."""
     advantage_shift_mean: bool = True
     """When whitening advantages, also subtract their mean."""
 
@@ -136,6 +149,11 @@ class PPOConfig:
         self.validate()
 
     # derived sizes, computed once
+    @property
+    def needs_critic(self) -> bool:
+        """Only PPO's estimator (GAE) uses a value function."""
+        return self.algorithm == "ppo"
+
     @property
     def micro_batch_size(self) -> int:
         """Sequences per forward/backward."""
@@ -182,10 +200,17 @@ class PPOConfig:
             "lr_scheduler": ("constant", "linear", "cosine"),
             "value_model": ("separate", "head"),
             "critic_init": ("policy", "reward_model"),
+            "algorithm": ALGORITHMS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {list(allowed)}")
+        if self.num_generations < 1 or self.batch_size % self.num_generations:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
+                              f"({self.num_generations}): rows come in groups of responses to one prompt")
+        if self.algorithm in ("grpo", "rloo") and self.num_generations < 2:
+            raise ConfigError(f"algorithm={self.algorithm} compares responses to the same prompt: set "
+                              f"num_generations >= 2 (got {self.num_generations})")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError(f"dual_clip must be > 1 (or null), got {self.dual_clip}")
         if self.cliprange <= 0:

@@ -4,7 +4,14 @@ Every function takes tensors (``[B, T]`` per-token, ``[B]`` per-sequence) and a 
 ``mask`` where True marks a valid response token.
 """
 
-from .advantages import gae, last_valid_index, token_rewards
+from .advantages import (
+    discounted_returns,
+    gae,
+    grpo_advantages,
+    last_valid_index,
+    rloo_advantages,
+    token_rewards,
+)
 from .kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
 from .preference import bradley_terry_loss
 from .losses import LOSS_AGGREGATIONS, aggregate, ppo_policy_loss, value_loss
@@ -24,12 +31,15 @@ __all__ = [
     "FixedKLController",
     "aggregate",
     "bradley_terry_loss",
+    "discounted_returns",
     "entropy_from_logits",
     "gae",
+    "grpo_advantages",
     "kl_penalty",
     "last_valid_index",
     "logprobs_from_logits",
     "masked_mean",
+    "rloo_advantages",
     "masked_sum",
     "masked_var",
     "ppo_policy_loss",

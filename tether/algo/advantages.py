@@ -2,7 +2,12 @@
 
 [Z19] Ziegler et al. 2019; [S20] Stiennon et al. 2020; [PPO] Schulman et al. 2017;
 [GAE] Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
-Estimation"; [H24] Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO".
+Estimation"; [H24] Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO";
+[GRPO] Shao et al. 2024, "DeepSeekMath" (group relative policy optimisation);
+[DRG] Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective" (Dr. GRPO);
+[RLOO] Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning
+from Human Feedback in LLMs"; [R++] Hu 2025, "REINFORCE++: A Simple and Efficient Approach for
+Aligning Large Language Models".
 """
 
 from __future__ import annotations
@@ -65,3 +70,62 @@ def gae(
         next_value, next_advantage = values[:, t], advantage
     returns = torch.where(mask, advantages + values, zeros)
     return advantages, returns
+
+
+# ---------------------------------------------------------------- critic-free estimators
+# Rows of a batch come in groups: rows [g·k, (g+1)·k) are k responses to the same prompt.
+
+
+def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be [B], got shape {tuple(scores.shape)}")
+    if group_size < 1 or scores.shape[0] % group_size:
+        raise ValueError(f"batch of {scores.shape[0]} responses is not a whole number of groups of {group_size}")
+    return scores.float().view(-1, group_size)
+
+
+def grpo_advantages(scores: torch.Tensor, group_size: int, scale_by_std: bool = True,
+                    eps: float = 1e-4) -> torch.Tensor:
+    """GRPO group-relative advantage [GRPO]: ``A_i = (r_i − mean_g r) / (std_g r + eps)``.
+
+    scores: ``[B]`` with ``B = groups × group_size`` (consecutive rows share a prompt); std is the
+    unbiased sample std of the group. ``scale_by_std=False`` gives Dr. GRPO's ``r_i − mean_g r``
+    [DRG], which does not up-weight groups whose rewards barely differ. Returns ``[B]``; a group of
+    equal rewards gets advantage 0 for every member (it carries no learning signal).
+    """
+    g = _groups(scores, group_size)
+    centred = g - g.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred)
+        centred = centred / (std + eps)
+    return centred.reshape(-1)
+
+
+def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out [RLOO]: ``A_i = r_i − (1/(k−1)) Σ_{j≠i} r_j`` over the k responses
+    of a prompt, an unbiased baseline that does not use ``r_i`` itself.
+
+    scores: ``[B]`` (``B = groups × k``, ``k ≥ 2``) — for RLHF, the score minus ``β·KL`` of the
+    sequence. Returns ``[B]``; equals ``k/(k−1)·(r_i − mean)``; 0 for a group of equal rewards.
+    """
+    if group_size < 2:
+        raise ValueError("RLOO needs at least 2 responses per prompt (num_generations >= 2)")
+    g = _groups(scores, group_size)
+    baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
+    return (g - baseline).reshape(-1)
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Reward-to-go ``G_t = Σ_{s ≥ t} γ^{s−t} r_s`` within each response (0 where masked).
+
+    REINFORCE++ [R++] uses ``G_t`` of the per-token RLHF reward (``token_rewards``) as the
+    advantage, whitened over all valid tokens of the global batch, with no critic.
+    rewards: ``[B, T]``; mask: ``[B, T]`` bool. Returns ``[B, T]``.
+    """
+    rewards = torch.where(mask, rewards, torch.zeros_like(rewards))
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = torch.where(mask[:, t], running, torch.zeros_like(running))
+    return returns

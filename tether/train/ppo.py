@@ -29,12 +29,10 @@ from ..algo import (
     AdaptiveKLController,
     FixedKLController,
     aggregate,
-    gae,
     kl_penalty,
     masked_mean,
     masked_sum,
     ppo_policy_loss,
-    token_rewards,
     value_loss,
     whiten,
 )
@@ -46,6 +44,7 @@ from ..models.loading import prepare_tokenizer
 from ..rewards.base import call_reward, check_scores
 from ..rollout import Experience, HFEngine, Rollout, SamplingParams
 from ..tracking import JSONLSink, format_stats, write_atomically, write_json
+from .estimators import estimate_advantages, kl_in_loss
 from .optim import make_optimizer, make_scheduler
 from .step_inputs import build_rollout, is_text, prompt_token_lists, response_token_lists
 
@@ -112,7 +111,10 @@ class PPOTrainer:
         self.reward_fn = self._make_reward(reward_fn, reward_model, reward_tokenizer)
         self.value_head: ValueHead | None = None
         self.critic: ValueModel | None = None
-        if config.value_model == "head":
+        if not config.needs_critic:
+            if critic is not None:
+                raise ValueError(f"algorithm={config.algorithm!r} uses no critic; do not pass critic=")
+        elif config.value_model == "head":
             self.value_head = ValueHead(hidden_size_of(unwrap_peft(model).config)).to(self.device)
         elif critic is not None:
             self.critic = critic.eval()
@@ -125,8 +127,9 @@ class PPOTrainer:
         else:
             self.critic = ValueModel.from_causal_lm(model).to(self.device).eval()
         critic_module = self.critic if self.critic is not None else self.value_head
+        critic_params = critic_module.parameters() if critic_module is not None else []
 
-        self.optimizer = make_optimizer(self.policy.parameters(), critic_module.parameters(),
+        self.optimizer = make_optimizer(self.policy.parameters(), critic_params,
                                         config.learning_rate, config.critic_learning_rate,
                                         config.weight_decay, config.adam_eps)
         self.scheduler = None  # built lazily: train() may fill in total_steps first
@@ -191,9 +194,15 @@ class PPOTrainer:
         queries: prompt strings / chat messages, or 1-D token-id tensors (TRL ≤ 0.11).
         responses: completion strings (ideally from ``generate``), or 1-D response token tensors.
         scores: one number or scalar tensor per response.
+
+        Group estimators (``num_generations = k > 1``): pass each prompt k times in a row with its k
+        responses, or each prompt once with a list of k responses (``responses[i]`` a list); scores
+        are then one per response, flattened in the same order.
         """
         if response_masks is not None:
             raise NotImplementedError("response_masks (TRL 0.11) are not supported; pass unpadded responses")
+        queries, responses = _flatten_groups(queries, responses)
+        self._check_groups(queries)
         n = len(queries)
         if len(responses) != n:
             raise ValueError(f"step: {n} queries but {len(responses)} responses")
@@ -226,9 +235,11 @@ class PPOTrainer:
         reward = reward_fn if reward_fn is not None else self.reward_fn
         if reward is None:
             raise ValueError("train() needs a reward: pass reward_fn= or reward_model=")
-        bs = self.config.batch_size
+        k = self.config.num_generations
+        bs = self.config.batch_size // k  # prompts per iteration; each is sampled k times
         if len(prompts) < bs:
-            raise ValueError(f"the dataset has {len(prompts)} prompts, fewer than batch_size={bs}")
+            raise ValueError(f"the dataset has {len(prompts)} prompts, fewer than the {bs} an iteration needs "
+                             f"(batch_size={self.config.batch_size} / num_generations={k})")
         per_epoch = len(prompts) // bs
         if len(prompts) % bs:
             logger.warning("%d prompts do not fill a batch of %d and are skipped each epoch", len(prompts) % bs, bs)
@@ -248,7 +259,7 @@ class PPOTrainer:
             for b in range(per_epoch):
                 if len(history) >= total:
                     break
-                idx = order[b * bs : (b + 1) * bs]
+                idx = [i for i in order[b * bs : (b + 1) * bs] for _ in range(k)]  # groups of k rows
                 batch_prompts = [prompts[i] for i in idx]
                 t0 = time.perf_counter()
                 rollout = self._sample([token_ids[i] for i in idx], params)
@@ -350,7 +361,12 @@ class PPOTrainer:
             logprobs.append(out.logprobs)
             entropy.append(out.entropy)
             ref_logprobs.append(ref_out.logprobs)
-            values.append(out.values if out.values is not None else critic_values(self.critic, ids, attn, T))
+            if out.values is not None:
+                values.append(out.values)
+            elif self.critic is not None:
+                values.append(critic_values(self.critic, ids, attn, T))
+            else:
+                values.append(torch.zeros_like(out.logprobs))
         logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
         values = torch.where(mask, torch.cat(values), 0.0)
         entropy = torch.cat(entropy)
@@ -363,10 +379,7 @@ class PPOTrainer:
         if cfg.score_clip is not None:
             shaped = shaped.clamp(-cfg.score_clip, cfg.score_clip)
         kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), 0.0)
-        rewards = token_rewards(shaped, kl, self.kl_ctl.value, mask)
-        advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask, shift_mean=cfg.advantage_shift_mean)
+        advantages, returns, rewards = estimate_advantages(cfg, shaped, kl, values, mask, self.kl_ctl.value)
         experience = Experience(input_ids, attention_mask, mask, logprobs, ref_logprobs, values, advantages, returns)
         kl_per_seq = masked_sum(kl, mask, dim=1)
         stats = {
@@ -401,18 +414,22 @@ class PPOTrainer:
                     totals[k] = totals.get(k, 0.0) + v
                 steps += 1
         tokens = totals["tokens"]
-        return {
+        stats = {
             "loss/policy": totals["loss_policy"] / steps,
-            "loss/value": totals["loss_value"] / steps,
             "loss/total": totals["loss_total"] / steps,
             "policy/approxkl": totals["approxkl"] / tokens,
             "policy/clipfrac": totals["pg_clipped"] / tokens,
             "policy/ratio_mean": totals["ratio"] / tokens,
-            "val/clipfrac": totals["vf_clipped"] / tokens,
-            "val/vpred": totals["vpred"] / tokens,
-            "val/error": totals["error"] / tokens,
             "policy/grad_norm": totals["grad_norm"] / steps,
         }
+        if self._has_critic:
+            stats.update({
+                "loss/value": totals["loss_value"] / steps,
+                "val/clipfrac": totals["vf_clipped"] / tokens,
+                "val/vpred": totals["vpred"] / tokens,
+                "val/error": totals["error"] / tokens,
+            })
+        return stats
 
     def accumulate_gradients(self, experience: Experience, rows: torch.Tensor) -> dict[str, float]:
         """Backward the loss of the minibatch ``rows`` (``[b]`` long) in micro-batches.
@@ -430,24 +447,28 @@ class PPOTrainer:
             mb = experience.select(micro)
             out = response_forward(self.policy, mb.input_ids, mb.attention_mask, T, self.scoring_temperature,
                                    self.value_head, with_entropy=cfg.entropy_coef > 0)
-            new_values = out.values if out.values is not None else critic_values(
-                self.critic, mb.input_ids, mb.attention_mask, T)
             agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
             pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
                                                 cfg.cliprange, cfg.dual_clip, **agg)
-            vf_loss, vf_stats = value_loss(new_values, mb.values, mb.returns, mb.response_mask,
-                                           cfg.cliprange_value, **agg)
-            loss = pg_loss + cfg.vf_coef * vf_loss
+            loss = pg_loss
+            vf_stats: dict[str, torch.Tensor] = {}
+            if self._has_critic:
+                new_values = out.values if out.values is not None else critic_values(
+                    self.critic, mb.input_ids, mb.attention_mask, T)
+                vf_loss, vf_stats = value_loss(new_values, mb.values, mb.returns, mb.response_mask,
+                                               cfg.cliprange_value, **agg)
+                loss = loss + cfg.vf_coef * vf_loss
+                sums["loss_value"] += vf_loss.item()
             if cfg.entropy_coef > 0:
                 loss = loss - cfg.entropy_coef * aggregate(out.entropy, mb.response_mask, cfg.loss_aggregation,
                                                            num_tokens, num_seqs)
-            if cfg.kl_loss_coef > 0:
+            kl_weight = cfg.kl_loss_coef + (self.kl_ctl.value if kl_in_loss(cfg) else 0.0)
+            if kl_weight > 0:
                 kl = kl_penalty(out.logprobs, mb.ref_logprobs, cfg.kl_loss_estimator)
-                loss = loss + cfg.kl_loss_coef * aggregate(kl, mb.response_mask, cfg.loss_aggregation,
-                                                           num_tokens, num_seqs)
+                loss = loss + kl_weight * aggregate(kl, mb.response_mask, cfg.loss_aggregation,
+                                                    num_tokens, num_seqs)
             loss.backward()
             sums["loss_policy"] += pg_loss.item()
-            sums["loss_value"] += vf_loss.item()
             sums["loss_total"] += loss.item()
             for prefix, part in (("pg_", pg_stats), ("vf_", vf_stats)):
                 for k, v in part.items():
@@ -465,6 +486,20 @@ class PPOTrainer:
         else:
             with self.policy.disable_adapter():
                 yield self.policy
+
+    def _check_groups(self, queries: Sequence[Any]) -> None:
+        k = self.config.num_generations
+        if k == 1:
+            return
+        for start in range(0, len(queries) - k + 1, k):
+            keys = {repr(q.tolist()) if isinstance(q, torch.Tensor) else repr(q) for q in queries[start : start + k]}
+            if len(keys) > 1:
+                raise ValueError(f"step: rows {start}..{start + k - 1} should be {k} responses to one prompt "
+                                 f"(num_generations={k}); repeat each prompt {k} times in a row")
+
+    @property
+    def _has_critic(self) -> bool:
+        return self.critic is not None or self.value_head is not None
 
     def _trainable_parameters(self) -> list[nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -543,6 +578,19 @@ class PPOTrainer:
             for p, c, s in zip(prompts[:4], completions[:4], scores[:4].tolist()):
                 handle.write(json.dumps({"iteration": self.iteration, "prompt": p, "completion": c,
                                          "score": s}) + "\n")
+
+
+def _flatten_groups(queries: Sequence[Any], responses: Sequence[Any]) -> tuple[list, list]:
+    """``responses[i]`` given as a list of responses to ``queries[i]`` -> one row per response."""
+    nested = [isinstance(r, (list, tuple)) and r and not isinstance(r[0], (int, dict)) for r in responses]
+    if not any(nested):
+        return list(queries), list(responses)
+    if not all(nested):
+        raise ValueError("step: give every prompt a list of responses, or none (mixed forms)")
+    if len(queries) != len(responses):
+        raise ValueError(f"step: {len(queries)} queries but {len(responses)} response lists")
+    return ([q for q, group in zip(queries, responses) for _ in group],
+            [r for group in responses for r in group])
 
 
 def show_progress(progress: bool | None) -> bool:
