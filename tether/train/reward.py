@@ -21,7 +21,7 @@ import torch
 from ..algo import bradley_terry_loss
 from ..config import RewardConfig, to_dict
 from ..data.preferences import PreferencePair, load_preferences
-from ..rewards.model import encode_pairs, prompt_text, save_normalization
+from ..rewards.model import RewardModelScorer, encode_pairs, prompt_text, save_normalization
 from ..tracking.checkpoint import write_atomically, write_json
 from ..tracking.metrics import JSONLSink
 from .optim import make_scheduler
@@ -146,18 +146,14 @@ class RewardTrainer:
         return {"eval/accuracy": totals["correct"] / n, "eval/reward_gap": totals["gap"] / n,
                 "eval/loss": totals["loss"] / n, "eval/pairs": float(n)}
 
-    @torch.no_grad()
     def score(self, prompts: Sequence[Any], completions: Sequence[str], batch_size: int = 32) -> list[float]:
-        """Raw logits (no normalisation) of (prompt, completion) pairs."""
+        """Raw logits (no normalisation) of (prompt, completion) pairs, scored as PPO will score them."""
         was_training = self.model.training
-        self.model.eval()
-        out: list[float] = []
-        for begin in range(0, len(completions), batch_size):
-            enc = encode_pairs(self.tokenizer, prompts[begin : begin + batch_size],
-                               completions[begin : begin + batch_size], self.config.max_length).to(self.device)
-            out += self.model(**enc).logits[:, 0].float().tolist()
-        self.model.train(was_training)
-        return out
+        scorer = RewardModelScorer(self.model, self.tokenizer, self.config.max_length, batch_size)
+        try:
+            return scorer(prompts, completions)
+        finally:
+            self.model.train(was_training)
 
     def fit_normalization(self, prompts: Sequence[Any] | None = None,
                           completions: Sequence[str] | None = None) -> tuple[float, float]:
