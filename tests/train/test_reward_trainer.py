@@ -96,3 +96,13 @@ def test_over_long_pairs_are_counted(tokenizer, caplog):
     with caplog.at_level("WARNING"):
         trainer(tokenizer, rows)
     assert "1 training pair(s) exceed max_length=64" in caplog.text and "first: pair 2" in caplog.text
+
+
+def test_over_long_pairs_are_named_by_file_and_line(tokenizer, tmp_path, caplog):
+    rows = pairs(4, 0)
+    rows[1] = dict(rows[1], chosen="y" * 300)
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with caplog.at_level("WARNING"):
+        trainer(tokenizer, path)
+    assert "first: " + str(path) + ":2" in caplog.text

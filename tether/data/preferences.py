@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +32,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     margin: float = 0.0
+    where: str = field(default="", compare=False)  # "file:line" / "dataset row i", for messages
 
 
 def _completion(value: Any, where: str, name: str) -> tuple[Any, str]:
@@ -72,7 +73,7 @@ def pair_from_row(row: Any, where: str) -> PreferencePair:
         margin = 0.0
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
         raise DataError(f"{where}: 'margin' must be a finite number, got {margin!r}")
-    return PreferencePair(prompt, chosen, rejected, float(margin))
+    return PreferencePair(prompt, chosen, rejected, float(margin), where)
 
 
 def _rows(source: Any) -> Iterable[tuple[str, Any]]:

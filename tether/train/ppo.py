@@ -3,6 +3,7 @@
     rollout (generate, or the user's responses in ``step``)
       -> make_experience: one no-grad forward each for logprobs, ref_logprobs, values
       -> per-token rewards (−β·KL, score on the last token) -> GAE -> whitened advantages
+         (or, without a critic, GRPO / RLOO / REINFORCE++ advantages: estimators.py)
       -> ppo_epochs × shuffled minibatches × accumulation micro-batches: clipped losses, one
          optimiser step per minibatch with the loss normalised by its global valid-token count
       -> KL controller update -> stats dict

@@ -192,8 +192,9 @@ class RewardTrainer:
         room = self.config.max_length - 3  # [CLS]/[SEP]-style specials
         over = [i for i, (p, c, r) in enumerate(zip(prompt_lens, chosen_lens, rejected_lens)) if p + max(c, r) > room]
         if over:
+            first = pairs[over[0]].where or f"pair {over[0]}"
             logger.warning("%d %s pair(s) exceed max_length=%d tokens and are truncated (longer part first); "
-                           "first: pair %d", len(over), name, self.config.max_length, over[0])
+                           "first: %s", len(over), name, self.config.max_length, first)
 
 
 __all__ = ["RewardTrainer"]
