@@ -58,7 +58,7 @@ class DemoConfig:
     """Prompt set (anything `data.path` accepts)."""
     heldout_prompts: int = 48
     """Prompts kept out of reward-model and PPO training, for the before/after evaluation."""
-    pair_prompts: int = 128
+    pair_prompts: int = 192
     """Training prompts sampled for the annotator's preference pairs."""
     samples_per_prompt: int = 4
     """Base-policy samples per pair prompt; every pair of them with different gold scores is a pair."""
