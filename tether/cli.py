@@ -158,6 +158,14 @@ def cmd_config_show(args) -> int:
     return 0
 
 
+def _add_run_arguments(command: argparse.ArgumentParser, config_help: str, func) -> None:
+    """--config, --out and dotted overrides: the arguments of every training command."""
+    command.add_argument("--config", help=config_help)
+    command.add_argument("--out", help="run directory (default: output_dir of the config)")
+    command.add_argument("overrides", nargs="*", help="section.option=value overrides")
+    command.set_defaults(func=func)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description="PPO for RLHF on any Hugging Face causal LM.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -167,19 +175,13 @@ def make_parser() -> argparse.ArgumentParser:
                          description="Train with PPO. Options come from --config and dotted overrides, "
                                      "e.g. `tether ppo --config c.yaml train.learning_rate=3e-6`. "
                                      "`tether config show` lists every option.")
-    ppo.add_argument("--config", help="YAML run config (sections: model, data, reward, train)")
-    ppo.add_argument("--out", help="run directory (default: output_dir of the config)")
-    ppo.add_argument("overrides", nargs="*", help="section.option=value overrides")
-    ppo.set_defaults(func=cmd_ppo)
+    _add_run_arguments(ppo, "YAML run config (sections: model, data, reward, train)", cmd_ppo)
 
     rm = sub.add_parser("rm", help="train a reward model on preference pairs (Bradley-Terry)",
                         description="Train an AutoModelForSequenceClassification reward model on "
                                     "prompt/chosen/rejected pairs, report held-out accuracy, normalise, save. "
                                     "Sections: model, dtype, data, train (see `tether config show --rm`).")
-    rm.add_argument("--config", help="YAML reward-model config (sections: model, data, train)")
-    rm.add_argument("--out", help="run directory (default: output_dir of the config)")
-    rm.add_argument("overrides", nargs="*", help="section.option=value overrides")
-    rm.set_defaults(func=cmd_rm)
+    _add_run_arguments(rm, "YAML reward-model config (sections: model, dtype, data, train)", cmd_rm)
 
     demo = sub.add_parser("demo", help="the default demo: the whole RLHF pipeline on SmolLM2-135M, offline, on CPU",
                           description="Simulated-annotator RLHF: base-policy samples labelled by a gold "
