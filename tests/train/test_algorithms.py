@@ -7,7 +7,7 @@ import torch
 
 from tether import PPOConfig, PPOTrainer
 from tether.config import ConfigError
-from tests.train.test_learning import PROMPTS, reward_for_letter_a
+from tests.train.test_learning import PROMPTS
 
 CRITIC_FREE = ["grpo", "rloo", "reinforce_pp"]
 
