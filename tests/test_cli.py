@@ -119,3 +119,11 @@ def test_config_show_rm_lists_reward_options(capsys):
     text = capsys.readouterr().out
     assert text.startswith("# A whole `tether rm` run.")
     assert "train.use_margin = true" in text and "data.eval_fraction = 0.1" in text
+
+
+def test_resume_without_a_checkpoint_exits_2_naming_the_directory(tmp_path, tiny_dir, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name_or_path: {tiny_dir}}}\nreward: {{rule: length}}\n"
+                      "train: {batch_size: 4, max_new_tokens: 4}\n")
+    assert main(["ppo", "--config", str(config), "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert f"no checkpoint under {tmp_path / 'run' / 'checkpoints'}" in capsys.readouterr().err

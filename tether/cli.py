@@ -43,6 +43,12 @@ def build_trainer(config, log_dir: Path | None = None):
         reward = RewardModelScorer.from_pretrained(resolve_model(config.reward.model),
                                                    batch_size=config.reward.batch_size)
         return PPOTrainer(config.train, model, tokenizer, reward_model=reward, log_dir=log_dir)
+    if config.reward.url:
+        from .rewards import RemoteReward
+
+        reward = RemoteReward(config.reward.url, timeout=config.reward.timeout, retries=config.reward.retries,
+                              batch_size=config.reward.batch_size)
+        return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir)
     if not config.reward.rule:
         from .config import ConfigError
 
@@ -58,15 +64,19 @@ def cmd_ppo(args) -> int:
     out = Path(args.out or config.output_dir)
     config.output_dir = str(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_run_config(config, out / "config.yaml")
+    save_run_config(config, out / ("config.resumed.yaml" if args.resume else "config.yaml"))
     trainer = build_trainer(config)
     start = time.perf_counter()
     history = trainer.train(config.data.path, epochs=config.data.epochs, max_iterations=config.data.max_iterations,
-                            output_dir=out, save_every=config.save_every)
-    first, last = history[: min(5, len(history))], history[-min(5, len(history)):]
-    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+                            output_dir=out, save_every=config.save_every, keep_checkpoints=config.keep_checkpoints,
+                            resume=args.resume)
+    metrics = out / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    first, last = rows[: min(5, len(rows))], rows[-min(5, len(rows)):]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows) if rows else None  # noqa: E731
     summary = {
-        "iterations": len(history),
+        "iterations": len(rows),
+        "iterations_this_call": len(history),
         "reward_first5": mean(first, "env/reward_mean"),
         "reward_last5": mean(last, "env/reward_mean"),
         "kl_last5": mean(last, "objective/kl"),
@@ -176,6 +186,9 @@ def make_parser() -> argparse.ArgumentParser:
                                      "e.g. `tether ppo --config c.yaml train.learning_rate=3e-6`. "
                                      "`tether config show` lists every option.")
     _add_run_arguments(ppo, "YAML run config (sections: model, data, reward, train)", cmd_ppo)
+    ppo.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
+                     help="continue from the newest checkpoint under OUT/checkpoints (or the one given), "
+                          "exactly as if the run had not stopped")
 
     rm = sub.add_parser("rm", help="train a reward model on preference pairs (Bradley-Terry)",
                         description="Train an AutoModelForSequenceClassification reward model on "
@@ -206,14 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data.prompts import DataError
     from .rewards.base import RewardError
+    from .train.faults import NumericalError
+    from .train.signals import TrainingInterrupted
 
     args = make_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except (ConfigError, DataError, RewardError) as err:
+    except (ConfigError, DataError, RewardError, NumericalError, FileNotFoundError) as err:
         print(f"tether: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(f"tether: stopped by {stop.signal_name}; checkpoint {stop.checkpoint}; continue with "
+              f"the same command and --resume", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
         return 130

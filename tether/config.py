@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from .models.loading import DTYPES, LoraSettings
 
 
 ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
+PROMPT_OVERFLOW = ("truncate_left", "drop", "error")
 
 
 class ConfigError(ValueError):
@@ -86,7 +88,10 @@ class PPOConfig:
     use_chat_template: bool = True
     """Render string prompts with the tokenizer's chat template (as one user turn) when it has one."""
     max_prompt_length: int = 512
-    """Prompts longer than this keep their last tokens (with a warning)."""
+    """Longest prompt in tokens; see prompt_overflow for longer ones."""
+    prompt_overflow: str = "truncate_left"
+    """Prompts over max_prompt_length: truncate_left (keep the last tokens) | drop (train() skips them) |
+    error. truncate_left and drop warn with a count."""
 
     # --- reward shaping ---
     missing_eos_score: float | None = None
@@ -145,6 +150,11 @@ class PPOConfig:
     critic_init: str = "policy"
     """Weights of a separate critic: policy | reward_model (needs the policy's tokenizer)."""
 
+    # --- faults ---
+    max_bad_steps: int = 3
+    """A non-finite loss, gradient norm or reward skips the step (optimiser step, or the iteration for a
+    reward) with a warning; more than this many in a row stop the run with an error (0: the first)."""
+
     def __post_init__(self):
         self.validate()
 
@@ -201,6 +211,7 @@ class PPOConfig:
             "value_model": ("separate", "head"),
             "critic_init": ("policy", "reward_model"),
             "algorithm": ALGORITHMS,
+            "prompt_overflow": PROMPT_OVERFLOW,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -215,6 +226,8 @@ class PPOConfig:
             raise ConfigError(f"dual_clip must be > 1 (or null), got {self.dual_clip}")
         if self.cliprange <= 0:
             raise ConfigError(f"cliprange must be > 0, got {self.cliprange}")
+        if self.max_bad_steps < 0:
+            raise ConfigError(f"max_bad_steps must be ≥ 0, got {self.max_bad_steps}")
         if self.adaptive_kl and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be > 0 with adaptive_kl, got {self.kl_target}")
 
@@ -259,13 +272,20 @@ class RewardSpec:
     """Where scores come from: a built-in rule or a sequence-classification reward model."""
 
     rule: str | None = "keyword"
-    """Built-in rule: keyword | length | exclamation | sentiment (ignored when model is set)."""
+    """Built-in rule: keyword | length | exclamation | sentiment (ignored when model or url is set)."""
     rule_args: dict = field(default_factory=dict)
     """Keyword arguments of the rule (keyword: words, cap; length: target_words; exclamation: cap)."""
     model: str | None = None
     """Path or id of a reward model (AutoModelForSequenceClassification, num_labels=1)."""
+    url: str | None = None
+    """HTTP reward server instead (POST {prompts, completions} -> {scores}); a bearer token is read from
+    $TETHER_REWARD_TOKEN. Only prompt and completion text are sent."""
+    timeout: float = 30.0
+    """Seconds per reward-server request."""
+    retries: int = 3
+    """Retries of a failed reward-server request (connection error, timeout, 429, 5xx), backoff 1, 2, 4 s."""
     batch_size: int = 16
-    """Reward-model scoring batch size."""
+    """Reward-model scoring batch size (rows per request for a server)."""
 
 
 @dataclass
@@ -278,8 +298,11 @@ class RunConfig:
     train: PPOConfig = field(default_factory=PPOConfig)
     output_dir: str = "runs/ppo"
     """Directory for metrics, samples and checkpoints."""
-    save_every: int = 0
-    """Save a checkpoint every N iterations (0: only at the end)."""
+    save_every: int = 25
+    """Write a resumable checkpoint (weights, optimiser, RNG, data position) to checkpoints/ every N
+    iterations; 0: none (a stop signal or a reward error still writes one)."""
+    keep_checkpoints: int = 2
+    """Keep the newest K checkpoints under checkpoints/ (0: keep all)."""
 
 
 @dataclass
@@ -400,14 +423,17 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-6" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-6" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None or not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value

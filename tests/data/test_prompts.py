@@ -58,3 +58,30 @@ def test_left_pad():
     ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
     assert mask.tolist() == [[True, True, True], [False, False, True]]
+
+
+def test_prompt_overflow_drop_and_error(tokenizer, caplog):
+    from tether.data.prompts import limit_prompt_lengths
+
+    ids = [[1] * 3, [2] * 9, [3] * 4, [4] * 6]
+    kept_ids, kept = limit_prompt_lengths(ids, 4, "drop")
+    assert kept == [0, 2] and kept_ids == [[1] * 3, [3] * 4]
+    assert "2 of 4 prompts were longer than max_prompt_length=4 and were dropped (first: prompt 1)" in caplog.text
+    with pytest.raises(DataError, match="prompt 1 has 9 tokens, more than max_prompt_length=4 \\(2 prompts"):
+        limit_prompt_lengths(ids, 4, "error")
+    trimmed, kept = limit_prompt_lengths(ids, 4, "truncate_left")
+    assert kept == [0, 1, 2, 3] and trimmed[1] == [2] * 4 and trimmed[0] == [1] * 3
+
+
+def test_train_drops_over_long_prompts_when_asked(model, tokenizer):
+    from tether import PPOConfig, PPOTrainer
+
+    seen = []
+    config = PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=3, max_prompt_length=30,
+                       prompt_overflow="drop")
+    trainer = PPOTrainer(config, model, tokenizer, reward_fn=lambda p, c: seen.extend(p) or [0.0] * len(c))
+    trainer.train(["short", "x" * 200, "tiny", "y" * 300], progress=False)
+    assert sorted(seen) == ["short", "tiny"]
+    config.prompt_overflow = "error"
+    with pytest.raises(DataError, match="prompt 1 has"):
+        PPOTrainer(config, model, tokenizer).step(["short", "x" * 200], ["a", "b"], [0.0, 1.0])

@@ -57,3 +57,23 @@ def test_tokenizer_without_pad_gets_eos(tokenizer):
     tokenizer.pad_token = None
     prepare_tokenizer(tokenizer)
     assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"
+
+
+def test_pickle_checkpoints_are_refused_with_a_way_out(tmp_path, model, tokenizer):
+    from tether.models.loading import load_sequence_classifier
+
+    model.config.save_pretrained(tmp_path / "bin")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    for load in (load_causal_lm, load_sequence_classifier):
+        with pytest.raises(FileNotFoundError, match="no safetensors weights.*pickle"):
+            load(str(tmp_path / "bin"))
+
+
+def test_no_pad_and_no_eos_is_a_clear_error():
+    from tether.models.loading import prepare_tokenizer
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.pad_token, tok.eos_token = None, None
+    with pytest.raises(ValueError, match="neither a pad token nor an EOS"):
+        prepare_tokenizer(tok)

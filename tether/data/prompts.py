@@ -46,15 +46,19 @@ def prompt_from_row(row: dict, where: str, field: str = "prompt") -> Any:
 
 def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     """``("file:line", parsed row)`` for each non-blank line; bad JSON raises ``DataError`` naming the line."""
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
             where = f"{path}:{lineno}"
             try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: not UTF-8 text (byte {err.start})") from None
+            if not line.strip():
+                continue
+            try:
                 yield where, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: invalid JSON ({err.msg})") from None
+            except (json.JSONDecodeError, RecursionError) as err:
+                raise DataError(f"{where}: invalid JSON ({getattr(err, 'msg', 'nested too deeply')})") from None
 
 
 def load_prompts(source: Any, field: str = "prompt") -> list[Any]:
@@ -106,26 +110,55 @@ def tokenize_prompts(
     tokenizer,
     max_prompt_length: int | None = None,
     use_chat_template: bool = True,
+    overflow: str = "truncate_left",
 ) -> list[list[int]]:
     """Token ids of each rendered prompt. Prompts longer than ``max_prompt_length`` keep their last
     ``max_prompt_length`` tokens (the end of a prompt, with the generation cue, matters most), with
-    a warning that counts them."""
+    a warning that counts them; ``overflow="error"`` raises ``DataError`` naming the first one
+    instead. (Dropping rows is ``limit_prompt_lengths``' job: it changes which prompts exist.)"""
     ids = []
-    trimmed = 0
     for prompt in prompts:
         text, templated = render_prompt(prompt, tokenizer, use_chat_template)
         # a template already contains BOS etc.; raw strings get the tokenizer's usual specials
         tokens = tokenizer(text, add_special_tokens=not templated)["input_ids"]
-        if max_prompt_length is not None and len(tokens) > max_prompt_length:
-            tokens = tokens[-max_prompt_length:]
-            trimmed += 1
         if not tokens:
             raise DataError(f"prompt {len(ids)} tokenizes to nothing")
         ids.append(tokens)
-    if trimmed:
-        logger.warning("%d of %d prompts were longer than max_prompt_length=%d and kept their last tokens",
-                       trimmed, len(prompts), max_prompt_length)
-    return ids
+    if max_prompt_length is None:
+        return ids
+    if overflow not in ("truncate_left", "error"):
+        raise ValueError(f"tokenize_prompts: overflow must be truncate_left or error, got {overflow!r}")
+    return limit_prompt_lengths(ids, max_prompt_length, overflow)[0]
+
+
+def limit_prompt_lengths(token_ids: Sequence[list[int]], max_prompt_length: int,
+                         overflow: str) -> tuple[list[list[int]], list[int]]:
+    """Apply ``prompt_overflow`` to tokenised prompts; returns ``(ids, kept)`` where ``kept`` are
+    the indices of the prompts that remain.
+
+    truncate_left: keep the last ``max_prompt_length`` tokens; drop: leave the prompt out; error:
+    raise ``DataError`` naming the first over-long prompt. The first two warn with a count.
+    """
+    over = [i for i, t in enumerate(token_ids) if len(t) > max_prompt_length]
+    if not over:
+        return list(token_ids), list(range(len(token_ids)))
+    if overflow == "error":
+        i = over[0]
+        raise DataError(f"prompt {i} has {len(token_ids[i])} tokens, more than max_prompt_length="
+                        f"{max_prompt_length} ({len(over)} prompts are too long; set prompt_overflow to "
+                        "truncate_left or drop, or raise max_prompt_length)")
+    if overflow == "drop":
+        dropped = set(over)
+        kept = [i for i in range(len(token_ids)) if i not in dropped]
+        logger.warning("%d of %d prompts were longer than max_prompt_length=%d and were dropped (first: prompt %d)",
+                       len(over), len(token_ids), max_prompt_length, over[0])
+        return [list(token_ids[i]) for i in kept], kept
+    if overflow != "truncate_left":
+        raise ValueError(f"prompt_overflow must be truncate_left, drop or error, got {overflow!r}")
+    logger.warning("%d of %d prompts were longer than max_prompt_length=%d and kept their last tokens",
+                   len(over), len(token_ids), max_prompt_length)
+    return [t[-max_prompt_length:] if len(t) > max_prompt_length else list(t) for t in token_ids], \
+        list(range(len(token_ids)))
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -106,8 +106,10 @@ class ValueModel(nn.Module):
         from safetensors.torch import load_file
         from transformers import AutoModel
 
+        from .loading import from_pretrained_safely
+
         directory = Path(directory)
-        backbone = AutoModel.from_pretrained(directory)
+        backbone = from_pretrained_safely(AutoModel, str(directory))
         head = ValueHead(hidden_size_of(backbone.config))
         head.load_state_dict(load_file(directory / VALUE_HEAD_FILE))
         return cls(backbone, head)

@@ -35,6 +35,24 @@ class LoraSettings:
     """Module names to wrap (peft ``target_modules``)."""
 
 
+def from_pretrained_safely(auto_class, name_or_path: str, **kwargs):
+    """``auto_class.from_pretrained`` restricted to safetensors weights (GGUF files aside).
+
+    Pickle-based checkpoints (``pytorch_model.bin``) can run code when unpickled; tether refuses them
+    with an error that says how to convert them once, in an environment the user trusts."""
+    if not kwargs.get("gguf_file"):
+        kwargs["use_safetensors"] = True
+    try:
+        return auto_class.from_pretrained(name_or_path, **kwargs)
+    except OSError as err:
+        if kwargs.get("use_safetensors") and "safetensors" in str(err):
+            raise FileNotFoundError(
+                f"{name_or_path}: no safetensors weights. tether does not load pickle-based checkpoints "
+                "(pytorch_model.bin can run code when loaded); if you trust the file, convert it once: "
+                f"{auto_class.__name__}.from_pretrained(path).save_pretrained(path)") from None
+        raise
+
+
 def _split_gguf(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
     """Accept ``dir`` + ``gguf_file``, or a direct path to a ``.gguf`` file."""
     if gguf_file is None and name_or_path.endswith(".gguf"):
@@ -88,9 +106,8 @@ def load_causal_lm(
 
     name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
-    )
+    model = from_pretrained_safely(AutoModelForCausalLM, name_or_path, dtype=resolve_dtype(dtype),
+                                   trust_remote_code=trust_remote_code, **kwargs)
     if gguf_file:
         forget_gguf_quantizer(model)
     if lora is not None and lora.r > 0:
@@ -127,9 +144,8 @@ def load_sequence_classifier(name_or_path: str, dtype: str = "float32", trust_re
     """Load a reward model (``AutoModelForSequenceClassification``) and check it has one label."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
-    )
+    model = from_pretrained_safely(AutoModelForSequenceClassification, name_or_path, dtype=resolve_dtype(dtype),
+                                   trust_remote_code=trust_remote_code)
     if model.config.num_labels != 1:
         raise ValueError(
             f"reward model {name_or_path!r} has num_labels={model.config.num_labels}; a reward model "
@@ -144,7 +160,6 @@ def load_reward_backbone(name_or_path: str, dtype: str = "float32", trust_remote
     fresh one-label head when it has none or one of another size."""
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(
-        name_or_path, num_labels=1, ignore_mismatched_sizes=True, dtype=resolve_dtype(dtype),
-        trust_remote_code=trust_remote_code,
-    )
+    return from_pretrained_safely(AutoModelForSequenceClassification, name_or_path, num_labels=1,
+                                  ignore_mismatched_sizes=True, dtype=resolve_dtype(dtype),
+                                  trust_remote_code=trust_remote_code)

@@ -18,6 +18,14 @@ class RewardError(ValueError):
     """A reward function misbehaved (raised, wrong count, non-finite value)."""
 
 
+class NonFiniteRewardError(RewardError):
+    """A reward function returned NaN or inf for the rows in ``rows``."""
+
+    def __init__(self, message: str, rows: list[int]):
+        super().__init__(message)
+        self.rows = rows
+
+
 def check_scores(scores: Any, expected: int, source: str = "reward") -> torch.Tensor:
     """Turn a reward function's output into a ``[expected]`` float32 tensor, or raise RewardError.
 
@@ -35,7 +43,7 @@ def check_scores(scores: Any, expected: int, source: str = "reward") -> torch.Te
         raise RewardError(f"{source} returned {values.numel()} scores for {expected} responses")
     bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
     if bad:
-        raise RewardError(f"{source} returned non-finite scores at rows {bad}: {values[bad].tolist()}")
+        raise NonFiniteRewardError(f"{source} returned non-finite scores at rows {bad}: {values[bad].tolist()}", bad)
     return values
 
 

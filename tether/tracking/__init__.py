@@ -1,6 +1,8 @@
 """Metric sinks and checkpoints."""
 
-from .checkpoint import write_atomically, write_json
-from .metrics import JSONLSink, format_stats
+from .checkpoint import (checkpoint_name, latest_checkpoint, list_checkpoints, prune_checkpoints, write_atomically,
+                         write_json)
+from .metrics import JSONLSink, format_stats, truncate_jsonl
 
-__all__ = ["JSONLSink", "format_stats", "write_atomically", "write_json"]
+__all__ = ["JSONLSink", "checkpoint_name", "format_stats", "latest_checkpoint", "list_checkpoints",
+           "prune_checkpoints", "truncate_jsonl", "write_atomically", "write_json"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 
@@ -29,3 +30,26 @@ def format_stats(stats: dict, keys=("env/reward_mean", "objective/kl", "objectiv
         if key in stats:
             parts.append(f"{key.split('/')[-1]}={stats[key]:.3g}")
     return " ".join(parts)
+
+
+def truncate_jsonl(path: str | Path, key: str, last: int) -> int:
+    """Drop the rows of a JSONL log whose ``key`` is above ``last`` (rows logged after the checkpoint
+    a run resumes from); rewrites the file atomically. Returns the number of rows dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill: drop it
+            dropped += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get(key), int) and row[key] > last:
+            dropped += 1
+        else:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    return dropped

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
+import math
 import logging
 import os
 import sys
@@ -38,15 +40,19 @@ from ..algo import (
     whiten,
 )
 from ..config import PPOConfig
-from ..data.prompts import left_pad, load_prompts, tokenize_prompts
-from ..models.critic import ValueHead, ValueModel, hidden_size_of, is_peft, unwrap_peft
+from ..data.prompts import DataError, left_pad, limit_prompt_lengths, load_prompts, tokenize_prompts
+from ..models.critic import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_size_of, is_peft, unwrap_peft
 from ..models.forward import critic_values, response_forward
 from ..models.loading import prepare_tokenizer
-from ..rewards.base import call_reward, check_scores
+from ..rewards.base import NonFiniteRewardError, RewardError, call_reward, check_scores
 from ..rollout import Experience, HFEngine, Rollout, SamplingParams
-from ..tracking import JSONLSink, format_stats, write_atomically, write_json
+from ..tracking import (JSONLSink, checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints,
+                        truncate_jsonl, write_atomically, write_json)
+from .checkpointing import DataPosition, capture_rng, fingerprint, read_training_state, write_training_state
 from .estimators import estimate_advantages, kl_in_loss
+from .faults import FaultMonitor, NumericalError, first_nonfinite_parameter
 from .optim import make_optimizer, make_scheduler
+from .signals import StopRequests, TrainingInterrupted
 from .step_inputs import build_rollout, is_text, prompt_token_lists, response_token_lists
 
 logger = logging.getLogger(__name__)
@@ -147,6 +153,8 @@ class PPOTrainer:
         self._sampled: dict = {}  # (repr(prompt), completion text) -> sampled ids, filled by generate()
         self._prompt_ids: dict = {}  # repr(prompt) -> prompt ids, so step() does not re-tokenise
         self._generate_seconds = 0.0
+        self.faults = FaultMonitor(config.max_bad_steps)
+        self._boundary: tuple[dict, DataPosition] | None = None  # RNG + data position a checkpoint stands for
 
     # ------------------------------------------------------------------ public API
 
@@ -168,7 +176,8 @@ class PPOTrainer:
         params = self._sampling_params(gen_kwargs, length_sampler)
         text = is_text(queries)
         prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
-                                        self.config.use_chat_template, self._prompt_ids)
+                                        self.config.use_chat_template, self._prompt_ids,
+                                        self.config.prompt_overflow)
         chunk = batch_size or len(queries)
         start_time = time.perf_counter()
         responses: list[list[int]] = []
@@ -211,7 +220,8 @@ class PPOTrainer:
             raise ValueError(f"step: got {n} queries, but config.batch_size is {self.config.batch_size}")
         scores_t = check_scores(scores, n, source="step: scores")
         prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
-                                        self.config.use_chat_template, self._prompt_ids)
+                                        self.config.use_chat_template, self._prompt_ids,
+                                        self.config.prompt_overflow)
         response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
         rollout = build_rollout(prompt_ids, response_ids, self._stop_ids(), self.tokenizer.pad_token_id,
                                 self.device)
@@ -223,66 +233,139 @@ class PPOTrainer:
 
     def train(self, dataset=None, reward_fn: Callable | None = None, epochs: int = 1,
               max_iterations: int | None = None, output_dir: str | Path | None = None,
-              save_every: int = 0, progress: bool | None = None) -> list[dict[str, float]]:
-        """Run PPO over a prompt dataset; returns the stats of every iteration.
+              save_every: int = 0, keep_checkpoints: int = 0, resume: str | Path | None = None,
+              progress: bool | None = None) -> list[dict[str, float]]:
+        """Run PPO over a prompt dataset; returns the stats of the iterations this call ran.
 
         dataset: JSONL path / ``datasets.Dataset`` / list of prompts (default: the constructor's).
         reward_fn: ``fn(prompts, completions) -> scores`` (default: the constructor's reward).
-        Writes ``metrics.jsonl``, ``samples.jsonl`` and checkpoints under ``output_dir`` when set.
+        output_dir: gets ``metrics.jsonl``, ``samples.jsonl``, ``final/`` and resumable checkpoints
+            ``checkpoints/step-N`` every ``save_every`` iterations (the newest ``keep_checkpoints``
+            kept; 0 keeps all). With an output_dir, SIGINT/SIGTERM finish the iteration, write a
+            checkpoint and raise ``TrainingInterrupted``; a reward error or too many non-finite steps
+            write one (of the last complete iteration) before raising.
+        resume: ``"latest"`` (newest checkpoint under ``output_dir/checkpoints``) or a checkpoint
+            directory: continue exactly where it stopped — same data order, RNG streams, optimiser
+            and KL state; log rows written after it are removed. ``max_iterations`` counts from the
+            start of the run, not of the resumed part.
         """
         from tqdm.auto import tqdm
 
+        cfg = self.config
         prompts = load_prompts(dataset if dataset is not None else self.dataset)
         reward = reward_fn if reward_fn is not None else self.reward_fn
         if reward is None:
             raise ValueError("train() needs a reward: pass reward_fn= or reward_model=")
-        k = self.config.num_generations
-        bs = self.config.batch_size // k  # prompts per iteration; each is sampled k times
+        start_position = DataPosition(num_prompts=len(prompts), fingerprint=fingerprint(prompts))
+        token_ids = tokenize_prompts(prompts, self.tokenizer, None, cfg.use_chat_template)
+        token_ids, kept = limit_prompt_lengths(token_ids, cfg.max_prompt_length, cfg.prompt_overflow)
+        prompts = [prompts[i] for i in kept]
+        k = cfg.num_generations
+        bs = cfg.batch_size // k  # prompts per iteration; each is sampled k times
         if len(prompts) < bs:
             raise ValueError(f"the dataset has {len(prompts)} prompts, fewer than the {bs} an iteration needs "
-                             f"(batch_size={self.config.batch_size} / num_generations={k})")
+                             f"(batch_size={cfg.batch_size} / num_generations={k})")
         per_epoch = len(prompts) // bs
         if len(prompts) % bs:
             logger.warning("%d prompts do not fill a batch of %d and are skipped each epoch", len(prompts) % bs, bs)
         total = per_epoch * epochs if max_iterations is None else min(max_iterations, per_epoch * epochs)
-        if self.config.total_steps is None:
-            self.config.total_steps = total
-        token_ids = tokenize_prompts(prompts, self.tokenizer, self.config.max_prompt_length,
-                                     self.config.use_chat_template)
+        if cfg.total_steps is None:
+            cfg.total_steps = total
         out = Path(output_dir) if output_dir else None
         if out is not None and self.sink is None:
             self.sink = JSONLSink(out / "metrics.jsonl")
+        position = start_position if resume is None else self._resume(resume, out, start_position)
         params = self._sampling_params({}, None)
         history: list[dict[str, float]] = []
-        bar = tqdm(total=total, desc="ppo", unit="it", disable=not show_progress(progress))
-        for _ in range(epochs):
-            order = torch.randperm(len(prompts), generator=self.shuffle_generator).tolist()
-            for b in range(per_epoch):
-                if len(history) >= total:
-                    break
-                idx = [i for i in order[b * bs : (b + 1) * bs] for _ in range(k)]  # groups of k rows
-                batch_prompts = [prompts[i] for i in idx]
-                t0 = time.perf_counter()
-                rollout = self._sample([token_ids[i] for i in idx], params)
-                t_gen = time.perf_counter() - t0
-                completions = self._decode(rollout)
-                t0 = time.perf_counter()
-                scores = call_reward(reward, batch_prompts, completions).to(self.device)
-                t_reward = time.perf_counter() - t0
-                stats = self._iteration(rollout, scores, generate_seconds=t_gen, reward_seconds=t_reward)
-                history.append(stats)
-                if out is not None:
-                    self._log_samples(out / "samples.jsonl", batch_prompts, completions, scores)
-                    if save_every and self.iteration % save_every == 0:
-                        self.save_pretrained(out / "checkpoints" / f"step-{self.iteration:06d}")
-                bar.set_postfix_str(format_stats(stats, ("env/reward_mean", "objective/kl")))
+        saved: Path | None = None
+        bar = tqdm(total=total, initial=position.completed(per_epoch), desc="ppo", unit="it",
+                   disable=not show_progress(progress))
+        with StopRequests(enabled=out is not None) as stop:
+            while position.completed(per_epoch) < total and not stop.requested:
+                if position.order is None:
+                    order = torch.randperm(len(prompts), generator=self.shuffle_generator).tolist()
+                    position = dataclasses.replace(position, order=order)
+                self._boundary = (capture_rng(self.shuffle_generator), position)
+                rows = position.order[position.batch * bs : (position.batch + 1) * bs]
+                idx = [i for i in rows for _ in range(k)]  # groups of k rows
+                try:
+                    stats = self._train_iteration([prompts[i] for i in idx], [token_ids[i] for i in idx],
+                                                  reward, params, out)
+                except (RewardError, NumericalError) as err:
+                    if out is not None:  # nothing lost: the state of the last complete iteration
+                        path = self._save_run_checkpoint(out, keep_checkpoints)
+                        err.args = (f"{err.args[0]}\n(checkpoint of the last complete iteration: {path}; "
+                                    "continue with resume='latest' / --resume)",)
+                    raise
+                position = position.advanced(per_epoch)
+                self._boundary = (capture_rng(self.shuffle_generator), position)
+                if stats is not None:
+                    history.append(stats)
+                    bar.set_postfix_str(format_stats(stats, ("env/reward_mean", "objective/kl")))
+                    if bar.disable and (self.iteration % 10 == 0 or self.iteration in (1, total)):
+                        logger.info("iteration %d/%d %s", self.iteration, total, format_stats(stats))
                 bar.update(1)
-                if bar.disable and (self.iteration % 10 == 0 or self.iteration in (1, total)):
-                    logger.info("iteration %d/%d %s", self.iteration, total, format_stats(stats))
-        bar.close()
+                if out is not None and save_every and self.iteration % save_every == 0:
+                    saved = self._save_run_checkpoint(out, keep_checkpoints)
+            bar.close()
+            if stop.requested and position.completed(per_epoch) < total:
+                if saved is None or saved.name != checkpoint_name(self.iteration):
+                    saved = self._save_run_checkpoint(out, keep_checkpoints)
+                raise TrainingInterrupted(stop.requested, saved)
         if out is not None:
             self.save_pretrained(out / "final")
         return history
+
+    def _train_iteration(self, prompts: list, token_ids: list[list[int]], reward: Callable,
+                         params: SamplingParams, out: Path | None) -> dict[str, float] | None:
+        """Sample, score and update on one batch; None when non-finite scores skip the iteration."""
+        t0 = time.perf_counter()
+        rollout = self._sample(token_ids, params)
+        t_gen = time.perf_counter() - t0
+        completions = self._decode(rollout)
+        t0 = time.perf_counter()
+        try:
+            scores = call_reward(reward, prompts, completions).to(self.device)
+        except NonFiniteRewardError as err:
+            self.faults.bad(f"iteration {self.iteration + 1}: {err}")
+            return None
+        t_reward = time.perf_counter() - t0
+        stats = self._iteration(rollout, scores, generate_seconds=t_gen, reward_seconds=t_reward)
+        if out is not None:
+            self._log_samples(out / "samples.jsonl", prompts, completions, scores)
+        return stats
+
+    def _resume(self, resume: str | Path, out: Path | None, expected: DataPosition) -> DataPosition:
+        if str(resume) == "latest":
+            if out is None:
+                raise ValueError("resume='latest' needs output_dir (the run directory to look in)")
+            path = latest_checkpoint(out / "checkpoints")
+            if path is None:
+                raise FileNotFoundError(f"resume: no checkpoint under {out / 'checkpoints'}")
+        else:
+            path = Path(resume)
+        position = self.load_checkpoint(path)
+        if position is None:
+            raise ValueError(f"{path}: written outside train() (no data position); it cannot resume train()")
+        if (position.num_prompts, position.fingerprint) != (expected.num_prompts, expected.fingerprint):
+            raise DataError(f"{path} was written for a dataset of {position.num_prompts} prompts (fingerprint "
+                            f"{position.fingerprint}); this dataset has {expected.num_prompts} "
+                            f"({expected.fingerprint}). Resume with the same prompts.")
+        if out is not None:
+            dropped = truncate_jsonl(out / "metrics.jsonl", "step", self.iteration)
+            dropped += truncate_jsonl(out / "samples.jsonl", "iteration", self.iteration)
+            if dropped:
+                logger.info("removed %d log rows written after iteration %d", dropped, self.iteration)
+        logger.info("resumed from %s: iteration %d, epoch %d, batch %d", path, self.iteration, position.epoch,
+                    position.batch)
+        return position
+
+    def _save_run_checkpoint(self, out: Path, keep: int) -> Path:
+        path = self.save_checkpoint(out / "checkpoints" / checkpoint_name(self.iteration))
+        for old in prune_checkpoints(out / "checkpoints", keep):
+            logger.debug("removed old checkpoint %s", old)
+        logger.info("checkpoint %s", path)
+        return path
 
     @torch.no_grad()
     def sequence_kl(self, queries: Sequence[Any], responses: Sequence[Any]) -> list[float]:
@@ -293,7 +376,8 @@ class PPOTrainer:
         if len(queries) != len(responses):
             raise ValueError(f"sequence_kl: {len(queries)} queries but {len(responses)} responses")
         prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
-                                        self.config.use_chat_template, self._prompt_ids)
+                                        self.config.use_chat_template, self._prompt_ids,
+                                        self.config.prompt_overflow)
         response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
         kls: list[float] = []
         step = self.config.micro_batch_size
@@ -307,9 +391,14 @@ class PPOTrainer:
             kls += masked_sum(logprobs - ref_logprobs, mask, dim=1).tolist()
         return kls
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, _extra: Callable[[Path], None] | None = None) -> Path:
         """Write an HF-format checkpoint atomically: policy (or its peft adapters) and tokenizer at
-        the top, the critic under ``critic/`` (or ``value_head.safetensors``), trainer state JSON."""
+        the top, the critic under ``critic/`` (or ``value_head.safetensors``), trainer state JSON.
+        Refuses (``NumericalError``) to write weights holding NaN/inf."""
+        bad = first_nonfinite_parameter([("", self.policy), ("critic.", self.critic),
+                                         ("value_head.", self.value_head)])
+        if bad is not None:
+            raise NumericalError(f"refusing to save {directory}: parameter {bad} is not finite")
 
         def write(tmp: Path) -> None:
             self.policy.save_pretrained(tmp)
@@ -320,11 +409,27 @@ class PPOTrainer:
                 from safetensors.torch import save_file
 
                 save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
-                          tmp / "value_head.safetensors")
-            write_json(tmp / "tether_state.json", {"iteration": self.iteration, "kl_ctl": self.kl_ctl.state_dict(),
-                                                   "model_name": self.config.model_name})
+                          tmp / VALUE_HEAD_FILE)
+            if _extra is not None:
+                _extra(tmp)
+            else:
+                write_json(tmp / "tether_state.json", {"iteration": self.iteration,
+                                                       "kl_ctl": self.kl_ctl.state_dict(),
+                                                       "model_name": self.config.model_name})
 
         return write_atomically(directory, write)
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """A resumable checkpoint: ``save_pretrained``'s files plus optimiser, scheduler, KL
+        controller, RNG states, fault counters and (inside ``train()``) the data position, all as of
+        the last iteration boundary. ``load_checkpoint`` (or ``train(resume=...)``) reads it back."""
+        rng, position = self._boundary if self._boundary else (capture_rng(self.shuffle_generator), None)
+        return self.save_pretrained(directory, _extra=lambda tmp: write_training_state(self, tmp, rng, position))
+
+    def load_checkpoint(self, directory: str | Path) -> DataPosition | None:
+        """Load a ``save_checkpoint`` directory into this trainer (built from the same config and base
+        model, so the reference model is the original one). Returns the saved data position."""
+        return read_training_state(self, directory)
 
     # ------------------------------------------------------------------ one PPO iteration
 
@@ -397,32 +502,45 @@ class PPOTrainer:
         return experience, stats
 
     def ppo_update(self, experience: Experience) -> dict[str, float]:
-        """``ppo_epochs`` passes of shuffled minibatches; one optimiser step per minibatch."""
+        """``ppo_epochs`` passes of shuffled minibatches; one optimiser step per minibatch.
+
+        A minibatch whose loss or gradient norm is not finite is skipped (no optimiser or scheduler
+        step) and counted by ``self.faults``, which stops the run after too many in a row."""
         cfg = self.config
         batch = experience.input_ids.shape[0]
         totals: dict[str, float] = {}
-        steps = 0
+        steps = skipped = 0
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(batch, generator=self.shuffle_generator).to(self.device)
             for minibatch in order.split(cfg.backward_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 sums = self.accumulate_gradients(experience, minibatch)
                 grad_norm = self._clip_gradients()
+                if not (math.isfinite(sums["loss_total"]) and math.isfinite(grad_norm)):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    self.faults.bad(f"iteration {self.iteration + 1}: non-finite loss ({sums['loss_total']}) "
+                                    f"or gradient norm ({grad_norm})")
+                    continue
+                self.faults.good()
                 self.optimizer.step()
                 self.scheduler.step()
                 sums["grad_norm"] = grad_norm
                 for k, v in sums.items():
                     totals[k] = totals.get(k, 0.0) + v
                 steps += 1
+        stats = {"faults/skipped_steps": float(skipped)}
+        if not steps:
+            return stats
         tokens = totals["tokens"]
-        stats = {
+        stats.update({
             "loss/policy": totals["loss_policy"] / steps,
             "loss/total": totals["loss_total"] / steps,
             "policy/approxkl": totals["approxkl"] / tokens,
             "policy/clipfrac": totals["pg_clipped"] / tokens,
             "policy/ratio_mean": totals["ratio"] / tokens,
             "policy/grad_norm": totals["grad_norm"] / steps,
-        }
+        })
         if self._has_critic:
             stats.update({
                 "loss/value": totals["loss_value"] / steps,

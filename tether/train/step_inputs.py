@@ -26,17 +26,19 @@ def is_text(items: Sequence[Any]) -> bool:
 
 
 def prompt_token_lists(queries: Sequence[Any], tokenizer, max_prompt_length: int, use_chat_template: bool,
-                       cache: dict | None = None):
+                       cache: dict | None = None, overflow: str = "truncate_left"):
     """Token ids of each query (text rendered like ``generate`` renders it, tensors as they are).
 
     ``cache`` maps ``repr(query)`` to ids already computed (by ``generate``): those are reused, the
-    rest tokenised and added to it."""
+    rest tokenised and added to it. Over-long text prompts are truncated (``overflow=
+    "truncate_left"``) or refused with a ``DataError``: the rows of a step batch cannot be dropped."""
     if not is_text(queries):
         return [as_id_list(q, "queries", i) for i, q in enumerate(queries)]
     cache = {} if cache is None else cache
     missing = [q for q in queries if repr(q) not in cache]
     if missing:
-        for q, ids in zip(missing, tokenize_prompts(missing, tokenizer, max_prompt_length, use_chat_template)):
+        for q, ids in zip(missing, tokenize_prompts(missing, tokenizer, max_prompt_length, use_chat_template,
+                                                       "truncate_left" if overflow == "truncate_left" else "error")):
             cache[repr(q)] = ids
     return [cache[repr(q)] for q in queries]
 

@@ -1,0 +1,68 @@
+"""`tether ppo` killed with SIGKILL mid-run and resumed with --resume logs the same metrics as a run
+that was never interrupted (bit-exact on CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tiny import tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture
+def run_config(tmp_path):
+    tokenizer = tiny_tokenizer()
+    tiny_llama(tokenizer).save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"question {i}"}) for i in range(48)))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+model: {{name_or_path: {tmp_path / 'tiny'}}}
+data: {{path: {prompts}, epochs: 3}}
+reward: {{rule: length, rule_args: {{target_words: 2}}}}
+train: {{batch_size: 4, mini_batch_size: 2, ppo_epochs: 1, max_new_tokens: 6, temperature: 1.0,
+         learning_rate: 0.01, lr_scheduler: cosine, adaptive_kl: true, kl_target: 0.5}}
+save_every: 1
+keep_checkpoints: 2
+""")
+    return config
+
+
+def tether(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "CI": "1"}
+    return [sys.executable, "-m", "tether", *args], env
+
+
+def metrics(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, run_config):
+    cmd, env = tether("ppo", "--config", str(run_config), "--out", str(tmp_path / "full"))
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+    run = tmp_path / "killed"
+    cmd, env = tether("ppo", "--config", str(run_config), "--out", str(run))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step-000004").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (run / "final").exists()
+    killed_at = len(metrics(run))
+
+    cmd, env = tether("ppo", "--config", str(run_config), "--out", str(run), "--resume")
+    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    assert json.loads(done.stdout)["iterations"] == 36
+    assert 4 <= killed_at < 36
+    assert metrics(run) == metrics(tmp_path / "full")
+    assert len(list((run / "checkpoints").iterdir())) == 2  # keep_checkpoints

@@ -1,0 +1,151 @@
+"""Training checkpoints: weights in Hugging Face format plus everything needed to continue a run
+exactly where it stopped.
+
+Layout of ``RUN/checkpoints/step-000040/`` (written atomically: a temporary directory renamed into
+place, so a directory with this name is always complete)::
+
+    model.safetensors | adapter_model.safetensors, config.json, tokenizer   the policy (HF / peft)
+    critic/ | value_head.safetensors                                      the critic
+    trainer_state.pt     optimizer, scheduler, RNG states (read back with torch.load(weights_only=True))
+    tether_state.json    iteration, KL controller, data position, fault counters, config
+
+Continuing bit-exactly needs the RNG states *at the iteration boundary* the checkpoint stands for,
+and the data position (epoch, next batch, that epoch's prompt order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.critic import VALUE_HEAD_FILE
+from ..models.weights import load_head, load_policy_weights, load_state_into, read_safetensors_dir
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_FILE = "trainer_state.pt"
+STATE_FILE = "tether_state.json"
+
+
+@dataclass
+class DataPosition:
+    """Where train() is in its prompt stream: the next batch to draw."""
+
+    epoch: int = 0
+    batch: int = 0
+    """Index of the next batch within the epoch."""
+    order: list[int] | None = None
+    """The epoch's shuffled prompt order; None until drawn (at the start of an epoch)."""
+    num_prompts: int = 0
+    fingerprint: str = ""
+    """sha256 of the prompts, so a resume with other data is caught."""
+
+    def advanced(self, per_epoch: int) -> DataPosition:
+        if self.batch + 1 < per_epoch:
+            return dataclasses.replace(self, batch=self.batch + 1)
+        return dataclasses.replace(self, epoch=self.epoch + 1, batch=0, order=None)
+
+    def completed(self, per_epoch: int) -> int:
+        """Batches consumed so far."""
+        return self.epoch * per_epoch + self.batch
+
+
+def fingerprint(prompts: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(prompts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def capture_rng(shuffle_generator: torch.Generator) -> dict:
+    """Python, numpy, torch (CPU and CUDA) and the trainer's shuffle-generator states."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "shuffle": shuffle_generator.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, shuffle_generator: torch.Generator) -> None:
+    import numpy as np
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    shuffle_generator.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_training_state(trainer, tmp: Path, rng: dict, position: DataPosition | None) -> None:
+    """Write the non-weight state of ``trainer`` into the checkpoint directory ``tmp``."""
+    torch.save({
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "rng": rng,
+    }, tmp / TRAINER_STATE_FILE)
+    state = {
+        "iteration": trainer.iteration,
+        "kl_ctl": trainer.kl_ctl.state_dict(),
+        "faults": trainer.faults.state_dict(),
+        "scoring_temperature": trainer.scoring_temperature,
+        "position": dataclasses.asdict(position) if position is not None else None,
+        "config": dataclasses.asdict(trainer.config),
+    }
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+
+def read_training_state(trainer, directory: str | Path) -> DataPosition | None:
+    """Load weights, optimizer, scheduler, KL controller, RNG and counters of a checkpoint into
+    ``trainer`` (built from the same config and base model); returns the saved data position."""
+    directory = Path(directory)
+    if not (directory / TRAINER_STATE_FILE).exists():
+        raise FileNotFoundError(f"{directory}: not a training checkpoint (no {TRAINER_STATE_FILE}; "
+                                "final/ holds weights only)")
+    state = json.loads((directory / STATE_FILE).read_text())
+    _warn_config_changes(state.get("config", {}), dataclasses.asdict(trainer.config), directory)
+    load_policy_weights(trainer.policy, directory)
+    if trainer.critic is not None:
+        load_state_into(trainer.critic.backbone, read_safetensors_dir(directory / "critic"), str(directory / "critic"))
+        load_head(trainer.critic.head, directory / "critic" / VALUE_HEAD_FILE)
+    if trainer.value_head is not None:
+        load_head(trainer.value_head, directory / VALUE_HEAD_FILE)
+    saved = torch.load(directory / TRAINER_STATE_FILE, weights_only=True)
+    if saved["scheduler"] is not None:  # built before the optimizer state is loaded: building resets the lr
+        trainer.scheduler = trainer._make_scheduler()
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    if saved["scheduler"] is not None:
+        trainer.scheduler.load_state_dict(saved["scheduler"])
+    restore_rng(saved["rng"], trainer.shuffle_generator)
+    trainer.iteration = int(state["iteration"])
+    trainer.kl_ctl.load_state_dict(state["kl_ctl"])
+    trainer.faults.load_state_dict(state["faults"])
+    trainer.scoring_temperature = float(state["scoring_temperature"])
+    return DataPosition(**state["position"]) if state.get("position") else None
+
+
+def _warn_config_changes(saved: dict, current: dict, directory: Path) -> None:
+    changed = sorted(k for k in current if k in saved and saved[k] != current[k] and k != "total_steps")
+    if changed:
+        logger.warning("resuming from %s with changed options: %s", directory,
+                       ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed))
+
+
+__all__ = ["DataPosition", "capture_rng", "fingerprint", "read_training_state", "restore_rng",
+           "write_training_state"]
