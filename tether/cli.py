@@ -24,8 +24,9 @@ def _setup_logging(verbose: bool) -> None:
         transformers.utils.logging.disable_progress_bar()
 
 
-def build_trainer(config, log_dir: Path | None = None):
-    """Load the policy, tokenizer and reward of a RunConfig and wire a PPOTrainer."""
+def build_trainer(config, log_dir: Path | None = None, device=None):
+    """Load the policy, tokenizer and reward of a RunConfig onto ``device`` (default: this process's
+    GPU, else the CPU) and wire a PPOTrainer."""
     from .assets import resolve_model
     from .models.loading import load_causal_lm, load_tokenizer
     from .rewards import RewardModelScorer, make_rule
@@ -36,12 +37,18 @@ def build_trainer(config, log_dir: Path | None = None):
     logger.info("loading policy %s", m.name_or_path)
     tokenizer = load_tokenizer(path, m.gguf_file, m.trust_remote_code)
     model = load_causal_lm(path, m.gguf_file, m.dtype, m.trust_remote_code, m.lora)
+    if device is None:
+        from .train.distributed import Distributed
+
+        device = Distributed.from_environment().device()
+    model = model.to(device)
     if config.train.model_name is None:
         config.train.model_name = m.name_or_path
     if config.reward.model:
         logger.info("loading reward model %s", config.reward.model)
         reward = RewardModelScorer.from_pretrained(resolve_model(config.reward.model),
                                                    batch_size=config.reward.batch_size)
+        reward.model.to(device)
         return PPOTrainer(config.train, model, tokenizer, reward_model=reward, log_dir=log_dir)
     if config.reward.url:
         from .rewards import RemoteReward
@@ -59,17 +66,24 @@ def build_trainer(config, log_dir: Path | None = None):
 
 def cmd_ppo(args) -> int:
     from .config import load_run_config, save_run_config
+    from .train.distributed import Distributed
 
     config = load_run_config(args.config, args.overrides)
+    dist = Distributed.from_environment()  # torchrun: this process's rank; plain python: one process
     out = Path(args.out or config.output_dir)
     config.output_dir = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_run_config(config, out / ("config.resumed.yaml" if args.resume else "config.yaml"))
-    trainer = build_trainer(config)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_run_config(config, out / ("config.resumed.yaml" if args.resume else "config.yaml"))
+    else:
+        logging.getLogger("tether").setLevel(logging.WARNING)  # one voice: rank 0's
+    trainer = build_trainer(config, device=dist.device())
     start = time.perf_counter()
     history = trainer.train(config.data.path, epochs=config.data.epochs, max_iterations=config.data.max_iterations,
                             output_dir=out, save_every=config.save_every, keep_checkpoints=config.keep_checkpoints,
                             resume=args.resume)
+    if not dist.is_main:
+        return 0
     metrics = out / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     first, last = rows[: min(5, len(rows))], rows[-min(5, len(rows)):]

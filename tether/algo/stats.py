@@ -8,6 +8,8 @@ NaN-free sentinels) cannot leak into a statistic.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -32,16 +34,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, mask, dim) / count.clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True,
+               all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Variance of ``values`` over all valid positions (scalar).
 
     ``unbiased`` applies Bessel's correction n/(n-1), as the reference implementations do.
     Raises ValueError when fewer than two positions are valid and ``unbiased`` is set.
+    ``all_reduce``: sums a tensor over data-parallel processes, so mean and variance are those of
+    the global batch (None: this process only).
     """
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    reduce = all_reduce or (lambda t: t)
+    n = reduce(mask.sum().to(values.dtype))
+    mean = reduce(masked_sum(values, mask)) / n.clamp(min=1)
+    var = reduce(masked_sum((values - mean) ** 2, mask)) / n.clamp(min=1)
     if unbiased:
-        n = mask.sum()
         if n < 2:
             raise ValueError("masked_var: need at least 2 valid positions for an unbiased variance")
         var = var * n / (n - 1)
@@ -49,20 +55,25 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
 
 
 def whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Whiten ``values`` over the valid positions: ``(x - mean) / sqrt(var + eps)`` [H24].
 
     values, mask: ``[B, T]`` (any equal shapes). Mean and (unbiased) variance come from valid
-    positions only. With ``shift_mean=False`` the mean is added back, so only the scale changes.
+    positions only — of the global batch when ``all_reduce`` sums over data-parallel processes.
+    With ``shift_mean=False`` the mean is added back, so only the scale changes.
     Masked positions are set to 0 in the output.
     A single valid position cannot be whitened (variance undefined): it is returned centred to 0
     (or unchanged when ``shift_mean=False``).
     """
-    if mask.sum() < 2:
-        out = values - masked_mean(values, mask) if shift_mean else values
+    reduce = all_reduce or (lambda t: t)
+    n = reduce(mask.sum().to(values.dtype))
+    mean = reduce(masked_sum(values, mask)) / n.clamp(min=1)
+    if n < 2:
+        out = values - mean if shift_mean else values
         return torch.where(mask, out, torch.zeros_like(out))
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    var = masked_var(values, mask, all_reduce=all_reduce)
     out = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

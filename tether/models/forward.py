@@ -21,6 +21,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _accepts_logits_to_keep(model) -> bool:
+    model = getattr(model, "module", model)  # DistributedDataParallel passes keyword arguments through
     cached = getattr(model, "_tether_logits_to_keep", None)
     if cached is None:
         inner = model.get_base_model() if hasattr(model, "peft_config") else model

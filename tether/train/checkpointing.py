@@ -9,8 +9,10 @@ place, so a directory with this name is always complete)::
     trainer_state.pt     optimizer, scheduler, RNG states (read back with torch.load(weights_only=True))
     tether_state.json    iteration, KL controller, data position, fault counters, config
 
-Continuing bit-exactly needs the RNG states *at the iteration boundary* the checkpoint stands for,
-and the data position (epoch, next batch, that epoch's prompt order).
+Continuing bit-exactly needs the RNG states *at the iteration boundary* the checkpoint stands for
+(one per data-parallel process), and the data position (epoch, prompts used, that epoch's order).
+The data position counts prompts, so a run saved with N processes resumes with another number
+(then each process that has no saved RNG state of its own is reseeded: not bit-exact, but sound).
 """
 
 from __future__ import annotations
@@ -40,22 +42,24 @@ class DataPosition:
     """Where train() is in its prompt stream: the next batch to draw."""
 
     epoch: int = 0
-    batch: int = 0
-    """Index of the next batch within the epoch."""
+    offset: int = 0
+    """Prompts of the epoch's order already used (a multiple of the global batch)."""
     order: list[int] | None = None
     """The epoch's shuffled prompt order; None until drawn (at the start of an epoch)."""
     num_prompts: int = 0
     fingerprint: str = ""
     """sha256 of the prompts, so a resume with other data is caught."""
 
-    def advanced(self, per_epoch: int) -> DataPosition:
-        if self.batch + 1 < per_epoch:
-            return dataclasses.replace(self, batch=self.batch + 1)
-        return dataclasses.replace(self, epoch=self.epoch + 1, batch=0, order=None)
+    batches: int = 0
+    """Global batches drawn so far in the run (iterations, including skipped ones)."""
 
-    def completed(self, per_epoch: int) -> int:
-        """Batches consumed so far."""
-        return self.epoch * per_epoch + self.batch
+    def advanced(self, global_batch: int, available: int) -> DataPosition:
+        """The position after one global batch of ``global_batch`` of the ``available`` prompts; a new
+        epoch starts when the next batch would not fit."""
+        offset = self.offset + global_batch
+        if offset + global_batch <= available:
+            return dataclasses.replace(self, offset=offset, batches=self.batches + 1)
+        return dataclasses.replace(self, epoch=self.epoch + 1, offset=0, order=None, batches=self.batches + 1)
 
 
 def fingerprint(prompts: list[Any]) -> str:
@@ -93,12 +97,13 @@ def restore_rng(state: dict, shuffle_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_training_state(trainer, tmp: Path, rng: dict, position: DataPosition | None) -> None:
-    """Write the non-weight state of ``trainer`` into the checkpoint directory ``tmp``."""
+def write_training_state(trainer, tmp: Path, rngs: list[dict], position: DataPosition | None) -> None:
+    """Write the non-weight state of ``trainer`` into the checkpoint directory ``tmp``; ``rngs``:
+    the RNG states of every process, in rank order."""
     torch.save({
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-        "rng": rng,
+        "rng": rngs,
     }, tmp / TRAINER_STATE_FILE)
     state = {
         "iteration": trainer.iteration,
@@ -132,7 +137,17 @@ def read_training_state(trainer, directory: str | Path) -> DataPosition | None:
     trainer.optimizer.load_state_dict(saved["optimizer"])
     if saved["scheduler"] is not None:
         trainer.scheduler.load_state_dict(saved["scheduler"])
-    restore_rng(saved["rng"], trainer.shuffle_generator)
+    rngs, rank = saved["rng"], trainer.dist.rank
+    if len(rngs) == trainer.dist.world_size:
+        restore_rng(rngs[rank], trainer.shuffle_generator)
+    else:
+        logger.warning("%s was saved by %d processes, this run has %d: sampling RNG streams are reseeded",
+                       directory, len(rngs), trainer.dist.world_size)
+        restore_rng(rngs[0], trainer.shuffle_generator)  # the shuffle stream is the same on every rank
+        if rank:
+            seed = trainer.config.seed + 7919 * rank + int(state["iteration"])
+            random.seed(seed)
+            torch.manual_seed(seed)
     trainer.iteration = int(state["iteration"])
     trainer.kl_ctl.load_state_dict(state["kl_ctl"])
     trainer.faults.load_state_dict(state["faults"])

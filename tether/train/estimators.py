@@ -36,13 +36,16 @@ def kl_in_loss(config: PPOConfig) -> bool:
 
 
 def estimate_advantages(config: PPOConfig, scores: torch.Tensor, kl: torch.Tensor, values: torch.Tensor,
-                        mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        mask: torch.Tensor, kl_coef: float,
+                        all_reduce=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(advantages, returns, rewards)``, each ``[B, T]`` and 0 where masked.
 
     scores: ``[B]`` shaped sequence scores; kl: ``[B, T]`` per-token KL estimates (0 where
     masked); values: ``[B, T]`` critic values (ignored without a critic); mask: ``[B, T]`` bool;
     kl_coef: the current β. ``returns`` are the critic's targets (PPO) and are 0 for critic-free
     estimators; ``rewards`` are the per-token rewards the estimator used (for ``objective/rlhf_reward``).
+    ``all_reduce`` sums over data-parallel processes: batch whitening then uses global statistics
+    (groups never span processes: each holds whole groups).
     """
     algo, k = config.algorithm, config.num_generations
     zeros = torch.zeros_like(kl)
@@ -51,9 +54,9 @@ def estimate_advantages(config: PPOConfig, scores: torch.Tensor, kl: torch.Tenso
         if algo == "ppo":
             advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
             if config.whiten_advantages:
-                advantages = whiten(advantages, mask, shift_mean=config.advantage_shift_mean)
+                advantages = whiten(advantages, mask, shift_mean=config.advantage_shift_mean, all_reduce=all_reduce)
             return advantages, returns, rewards
-        advantages = whiten(discounted_returns(rewards, mask, config.gamma), mask)
+        advantages = whiten(discounted_returns(rewards, mask, config.gamma), mask, all_reduce=all_reduce)
         return advantages, zeros, rewards
     if algo == "grpo":
         per_seq = grpo_advantages(scores, k, scale_by_std=config.grpo_scale_rewards)
@@ -67,7 +70,7 @@ def estimate_advantages(config: PPOConfig, scores: torch.Tensor, kl: torch.Tenso
     advantages = torch.where(mask, per_seq[:, None].to(kl.dtype).expand_as(kl), zeros)
     if algo == "rloo" and config.whiten_advantages:
         # divide by the batch std only: a group of equal rewards keeps advantage 0
-        advantages = torch.where(mask, advantages * torch.rsqrt(masked_var(advantages, mask) + 1e-8), zeros)
+        advantages = torch.where(mask, advantages * torch.rsqrt(masked_var(advantages, mask, all_reduce=all_reduce) + 1e-8), zeros)
     return advantages, zeros, rewards
 
 

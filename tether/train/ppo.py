@@ -33,7 +33,6 @@ from ..algo import (
     FixedKLController,
     aggregate,
     kl_penalty,
-    masked_mean,
     masked_sum,
     ppo_policy_loss,
     value_loss,
@@ -48,6 +47,7 @@ from ..rewards.base import NonFiniteRewardError, RewardError, call_reward, check
 from ..rollout import Experience, HFEngine, Rollout, SamplingParams
 from ..tracking import (JSONLSink, checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints,
                         truncate_jsonl, write_atomically, write_json)
+from .distributed import Distributed
 from .checkpointing import DataPosition, capture_rng, fingerprint, read_training_state, write_training_state
 from .estimators import estimate_advantages, kl_in_loss
 from .faults import FaultMonitor, NumericalError, first_nonfinite_parameter
@@ -146,8 +146,16 @@ class PPOTrainer:
             self.kl_ctl = FixedKLController(config.kl_coef)
         self.engine = engine if engine is not None else HFEngine(self.policy)
         self.dataset = dataset
-        self.shuffle_generator = torch.Generator().manual_seed(config.seed)
-        self.sink = JSONLSink(Path(log_dir) / "metrics.jsonl") if log_dir else None
+        # data parallel: DDP copies of the trained modules for the loss forward/backward; scoring,
+        # generation and saving use the modules themselves. One process: the same objects.
+        self.dist = Distributed.from_environment()
+        self._train_policy = self.dist.wrap(self.policy)
+        self._train_critic = self.dist.wrap(self.critic)
+        self._train_value_head = self.dist.wrap(self.value_head)
+        if self.dist.enabled:
+            torch.manual_seed(config.seed + self.dist.rank)  # each rank samples its own responses
+        self.shuffle_generator = torch.Generator().manual_seed(config.seed)  # equal on all ranks: one data order
+        self.sink = JSONLSink(Path(log_dir) / "metrics.jsonl") if log_dir and self.dist.is_main else None
         self.iteration = 0
         self.scoring_temperature = config.temperature
         self._sampled: dict = {}  # (repr(prompt), completion text) -> sampled ids, filled by generate()
@@ -262,31 +270,38 @@ class PPOTrainer:
         prompts = [prompts[i] for i in kept]
         k = cfg.num_generations
         bs = cfg.batch_size // k  # prompts per iteration; each is sampled k times
-        if len(prompts) < bs:
-            raise ValueError(f"the dataset has {len(prompts)} prompts, fewer than the {bs} an iteration needs "
-                             f"(batch_size={cfg.batch_size} / num_generations={k})")
-        per_epoch = len(prompts) // bs
-        if len(prompts) % bs:
-            logger.warning("%d prompts do not fill a batch of %d and are skipped each epoch", len(prompts) % bs, bs)
+        global_bs = bs * self.dist.world_size  # each rank takes its slice of a global batch
+        if len(prompts) < global_bs:
+            raise ValueError(f"the dataset has {len(prompts)} prompts, fewer than the {global_bs} an iteration needs "
+                             f"(batch_size={cfg.batch_size} / num_generations={k} x {self.dist.world_size} processes)")
+        per_epoch = len(prompts) // global_bs
+        if len(prompts) % global_bs:
+            logger.warning("%d prompts do not fill a batch of %d and are skipped each epoch",
+                           len(prompts) % global_bs, global_bs)
         total = per_epoch * epochs if max_iterations is None else min(max_iterations, per_epoch * epochs)
         if cfg.total_steps is None:
             cfg.total_steps = total
         out = Path(output_dir) if output_dir else None
-        if out is not None and self.sink is None:
+        if out is not None and self.sink is None and self.dist.is_main:
             self.sink = JSONLSink(out / "metrics.jsonl")
-        position = start_position if resume is None else self._resume(resume, out, start_position)
+        position = start_position if resume is None else self._resume(resume, out, start_position, global_bs)
         params = self._sampling_params({}, None)
         history: list[dict[str, float]] = []
         saved: Path | None = None
-        bar = tqdm(total=total, initial=position.completed(per_epoch), desc="ppo", unit="it",
-                   disable=not show_progress(progress))
+        bar = tqdm(total=total, initial=position.batches, desc="ppo", unit="it",
+                   disable=not (show_progress(progress) and self.dist.is_main))
+        stop_signal = None
         with StopRequests(enabled=out is not None) as stop:
-            while position.completed(per_epoch) < total and not stop.requested:
+            while position.batches < total:
+                if out is not None and self.dist.any(stop.requested is not None):  # every rank stops together
+                    stop_signal = stop.requested or "SIGTERM"
+                    break
                 if position.order is None:
                     order = torch.randperm(len(prompts), generator=self.shuffle_generator).tolist()
                     position = dataclasses.replace(position, order=order)
                 self._boundary = (capture_rng(self.shuffle_generator), position)
-                rows = position.order[position.batch * bs : (position.batch + 1) * bs]
+                start = position.offset + self.dist.rank * bs
+                rows = position.order[start : start + bs]
                 idx = [i for i in rows for _ in range(k)]  # groups of k rows
                 try:
                     stats = self._train_iteration([prompts[i] for i in idx], [token_ids[i] for i in idx],
@@ -297,21 +312,21 @@ class PPOTrainer:
                         err.args = (f"{err.args[0]}\n(checkpoint of the last complete iteration: {path}; "
                                     "continue with resume='latest' / --resume)",)
                     raise
-                position = position.advanced(per_epoch)
+                position = position.advanced(global_bs, len(prompts))
                 self._boundary = (capture_rng(self.shuffle_generator), position)
                 if stats is not None:
                     history.append(stats)
                     bar.set_postfix_str(format_stats(stats, ("env/reward_mean", "objective/kl")))
-                    if bar.disable and (self.iteration % 10 == 0 or self.iteration in (1, total)):
+                    if bar.disable and self.dist.is_main and (self.iteration % 10 == 0 or self.iteration in (1, total)):
                         logger.info("iteration %d/%d %s", self.iteration, total, format_stats(stats))
                 bar.update(1)
                 if out is not None and save_every and self.iteration % save_every == 0:
                     saved = self._save_run_checkpoint(out, keep_checkpoints)
             bar.close()
-            if stop.requested and position.completed(per_epoch) < total:
+            if stop_signal is not None:
                 if saved is None or saved.name != checkpoint_name(self.iteration):
                     saved = self._save_run_checkpoint(out, keep_checkpoints)
-                raise TrainingInterrupted(stop.requested, saved)
+                raise TrainingInterrupted(stop_signal, saved)
         if out is not None:
             self.save_pretrained(out / "final")
         return history
@@ -324,18 +339,25 @@ class PPOTrainer:
         t_gen = time.perf_counter() - t0
         completions = self._decode(rollout)
         t0 = time.perf_counter()
+        failure: RewardError | None = None
         try:
             scores = call_reward(reward, prompts, completions).to(self.device)
-        except NonFiniteRewardError as err:
-            self.faults.bad(f"iteration {self.iteration + 1}: {err}")
+        except RewardError as err:
+            failure = err
+        if self.dist.any(failure is not None):  # one rank's bad reward stops or skips every rank
+            if failure is None:
+                failure = RewardError("the reward failed on another process (see its log)")
+            if not isinstance(failure, NonFiniteRewardError):
+                raise failure
+            self.faults.bad(f"iteration {self.iteration + 1}: {failure}")
             return None
         t_reward = time.perf_counter() - t0
         stats = self._iteration(rollout, scores, generate_seconds=t_gen, reward_seconds=t_reward)
-        if out is not None:
+        if out is not None and self.dist.is_main:
             self._log_samples(out / "samples.jsonl", prompts, completions, scores)
         return stats
 
-    def _resume(self, resume: str | Path, out: Path | None, expected: DataPosition) -> DataPosition:
+    def _resume(self, resume: str | Path, out: Path | None, expected: DataPosition, global_bs: int) -> DataPosition:
         if str(resume) == "latest":
             if out is None:
                 raise ValueError("resume='latest' needs output_dir (the run directory to look in)")
@@ -351,20 +373,25 @@ class PPOTrainer:
             raise DataError(f"{path} was written for a dataset of {position.num_prompts} prompts (fingerprint "
                             f"{position.fingerprint}); this dataset has {expected.num_prompts} "
                             f"({expected.fingerprint}). Resume with the same prompts.")
-        if out is not None:
+        if position.offset % global_bs:
+            logger.warning("%s: %d prompts of the epoch were used, not a multiple of this run's global batch %d "
+                           "(another number of processes?); continuing from prompt %d", path, position.offset,
+                           global_bs, position.offset)
+        if out is not None and self.dist.is_main:
             dropped = truncate_jsonl(out / "metrics.jsonl", "step", self.iteration)
             dropped += truncate_jsonl(out / "samples.jsonl", "iteration", self.iteration)
             if dropped:
                 logger.info("removed %d log rows written after iteration %d", dropped, self.iteration)
-        logger.info("resumed from %s: iteration %d, epoch %d, batch %d", path, self.iteration, position.epoch,
-                    position.batch)
+        logger.info("resumed from %s: iteration %d, epoch %d, prompt %d", path, self.iteration, position.epoch,
+                    position.offset)
         return position
 
     def _save_run_checkpoint(self, out: Path, keep: int) -> Path:
         path = self.save_checkpoint(out / "checkpoints" / checkpoint_name(self.iteration))
-        for old in prune_checkpoints(out / "checkpoints", keep):
-            logger.debug("removed old checkpoint %s", old)
-        logger.info("checkpoint %s", path)
+        if self.dist.is_main:
+            for old in prune_checkpoints(out / "checkpoints", keep):
+                logger.debug("removed old checkpoint %s", old)
+            logger.info("checkpoint %s", path)
         return path
 
     @torch.no_grad()
@@ -394,7 +421,8 @@ class PPOTrainer:
     def save_pretrained(self, directory: str | Path, _extra: Callable[[Path], None] | None = None) -> Path:
         """Write an HF-format checkpoint atomically: policy (or its peft adapters) and tokenizer at
         the top, the critic under ``critic/`` (or ``value_head.safetensors``), trainer state JSON.
-        Refuses (``NumericalError``) to write weights holding NaN/inf."""
+        Refuses (``NumericalError``) to write weights holding NaN/inf. Under data parallelism every
+        process calls it; the first writes, the others wait."""
         bad = first_nonfinite_parameter([("", self.policy), ("critic.", self.critic),
                                          ("value_head.", self.value_head)])
         if bad is not None:
@@ -417,14 +445,18 @@ class PPOTrainer:
                                                        "kl_ctl": self.kl_ctl.state_dict(),
                                                        "model_name": self.config.model_name})
 
-        return write_atomically(directory, write)
+        if self.dist.is_main:
+            write_atomically(directory, write)
+        self.dist.barrier()
+        return Path(directory)
 
     def save_checkpoint(self, directory: str | Path) -> Path:
         """A resumable checkpoint: ``save_pretrained``'s files plus optimiser, scheduler, KL
         controller, RNG states, fault counters and (inside ``train()``) the data position, all as of
         the last iteration boundary. ``load_checkpoint`` (or ``train(resume=...)``) reads it back."""
         rng, position = self._boundary if self._boundary else (capture_rng(self.shuffle_generator), None)
-        return self.save_pretrained(directory, _extra=lambda tmp: write_training_state(self, tmp, rng, position))
+        rngs = self.dist.gather_objects(rng)  # one RNG state per process
+        return self.save_pretrained(directory, _extra=lambda tmp: write_training_state(self, tmp, rngs, position))
 
     def load_checkpoint(self, directory: str | Path) -> DataPosition | None:
         """Load a ``save_checkpoint`` directory into this trainer (built from the same config and base
@@ -440,7 +472,7 @@ class PPOTrainer:
             self.scheduler = self._make_scheduler()
         experience, stats = self.make_experience(rollout, scores)
         stats.update(self.ppo_update(experience))
-        self.kl_ctl.update(stats["objective/kl"], rollout.prompt_ids.shape[0])
+        self.kl_ctl.update(stats["objective/kl"], rollout.prompt_ids.shape[0] * self.dist.world_size)
         self.iteration += 1
         stats["time/generate"] = generate_seconds
         stats["time/reward"] = reward_seconds
@@ -481,23 +513,28 @@ class PPOTrainer:
         if cfg.missing_eos_score is not None:
             shaped = torch.where(rollout.ended, shaped, torch.full_like(shaped, cfg.missing_eos_score))
         if cfg.whiten_scores:
-            shaped = whiten(shaped, torch.ones_like(shaped, dtype=torch.bool))
+            shaped = whiten(shaped, torch.ones_like(shaped, dtype=torch.bool), all_reduce=self.dist.sum)
         if cfg.score_clip is not None:
             shaped = shaped.clamp(-cfg.score_clip, cfg.score_clip)
         kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), 0.0)
-        advantages, returns, rewards = estimate_advantages(cfg, shaped, kl, values, mask, self.kl_ctl.value)
+        advantages, returns, rewards = estimate_advantages(cfg, shaped, kl, values, mask, self.kl_ctl.value,
+                                                           all_reduce=self.dist.sum)
         experience = Experience(input_ids, attention_mask, mask, logprobs, ref_logprobs, values, advantages, returns)
-        kl_per_seq = masked_sum(kl, mask, dim=1)
+        # per-row numbers, gathered from every process: the statistics are those of the global batch
+        rows = self.dist.gather(torch.stack([
+            scores.float(), masked_sum(kl, mask, dim=1), rewards.sum(1), mask.sum(1).float(),
+            rollout.ended.float(), masked_sum(entropy, mask, dim=1)], dim=1))
+        row_scores, kl_per_seq, rlhf, lengths, ended, entropy_sums = rows.unbind(1)
         stats = {
             "objective/kl": kl_per_seq.mean().item(),
             "objective/kl_coef": float(self.kl_ctl.value),
-            "objective/entropy": masked_mean(entropy, mask).item(),
-            "objective/scores": scores.float().mean().item(),
-            "objective/rlhf_reward": rewards.sum(1).mean().item(),
-            "env/reward_mean": scores.float().mean().item(),
-            "env/reward_std": scores.float().std().item() if scores.numel() > 1 else 0.0,
-            "tokens/response_len_mean": mask.sum(1).float().mean().item(),
-            "tokens/ended_frac": rollout.ended.float().mean().item(),
+            "objective/entropy": (entropy_sums.sum() / lengths.sum().clamp(min=1)).item(),
+            "objective/scores": row_scores.mean().item(),
+            "objective/rlhf_reward": rlhf.mean().item(),
+            "env/reward_mean": row_scores.mean().item(),
+            "env/reward_std": row_scores.std().item() if row_scores.numel() > 1 else 0.0,
+            "tokens/response_len_mean": lengths.mean().item(),
+            "tokens/ended_frac": ended.mean().item(),
         }
         return experience, stats
 
@@ -515,8 +552,8 @@ class PPOTrainer:
             for minibatch in order.split(cfg.backward_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 sums = self.accumulate_gradients(experience, minibatch)
-                grad_norm = self._clip_gradients()
-                if not (math.isfinite(sums["loss_total"]) and math.isfinite(grad_norm)):
+                grad_norm = self._clip_gradients()  # of the summed gradients: equal on every process
+                if self.dist.any(not (math.isfinite(sums["loss_total"]) and math.isfinite(grad_norm))):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                     self.faults.bad(f"iteration {self.iteration + 1}: non-finite loss ({sums['loss_total']}) "
@@ -525,13 +562,16 @@ class PPOTrainer:
                 self.faults.good()
                 self.optimizer.step()
                 self.scheduler.step()
-                sums["grad_norm"] = grad_norm
                 for k, v in sums.items():
                     totals[k] = totals.get(k, 0.0) + v
+                totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm
                 steps += 1
         stats = {"faults/skipped_steps": float(skipped)}
         if not steps:
             return stats
+        grad_norm_sum = totals.pop("grad_norm")
+        totals = self.dist.sum_floats(totals)  # loss parts and token sums of every process
+        totals["grad_norm"] = grad_norm_sum
         tokens = totals["tokens"]
         stats.update({
             "loss/policy": totals["loss_policy"] / steps,
@@ -558,44 +598,66 @@ class PPOTrainer:
         whatever the micro-batch size. Returns summed statistics (floats).
         """
         cfg = self.config
-        num_tokens = experience.response_mask[rows].sum().item()
-        num_seqs = rows.numel()
+        local_tokens = experience.response_mask[rows].sum()
+        num_tokens = self.dist.sum(local_tokens).item()  # global count: across processes too
+        num_seqs = rows.numel() * self.dist.world_size
         T = experience.response_len
-        sums = {"loss_policy": 0.0, "loss_value": 0.0, "loss_total": 0.0, "tokens": float(num_tokens)}
-        for micro in rows.split(cfg.micro_batch_size):
+        sums = {"loss_policy": 0.0, "loss_value": 0.0, "loss_total": 0.0, "tokens": float(local_tokens.item())}
+        micros = rows.split(cfg.micro_batch_size)
+        for i, micro in enumerate(micros):
             mb = experience.select(micro)
-            out = response_forward(self.policy, mb.input_ids, mb.attention_mask, T, self.scoring_temperature,
-                                   self.value_head, with_entropy=cfg.entropy_coef > 0)
-            agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
-            pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
-                                                cfg.cliprange, cfg.dual_clip, **agg)
-            loss = pg_loss
-            vf_stats: dict[str, torch.Tensor] = {}
-            if self._has_critic:
-                new_values = out.values if out.values is not None else critic_values(
-                    self.critic, mb.input_ids, mb.attention_mask, T)
-                vf_loss, vf_stats = value_loss(new_values, mb.values, mb.returns, mb.response_mask,
-                                               cfg.cliprange_value, **agg)
-                loss = loss + cfg.vf_coef * vf_loss
-                sums["loss_value"] += vf_loss.item()
-            if cfg.entropy_coef > 0:
-                loss = loss - cfg.entropy_coef * aggregate(out.entropy, mb.response_mask, cfg.loss_aggregation,
-                                                           num_tokens, num_seqs)
-            kl_weight = cfg.kl_loss_coef + (self.kl_ctl.value if kl_in_loss(cfg) else 0.0)
-            if kl_weight > 0:
-                kl = kl_penalty(out.logprobs, mb.ref_logprobs, cfg.kl_loss_estimator)
-                loss = loss + kl_weight * aggregate(kl, mb.response_mask, cfg.loss_aggregation,
-                                                    num_tokens, num_seqs)
-            loss.backward()
-            sums["loss_policy"] += pg_loss.item()
-            sums["loss_total"] += loss.item()
-            for prefix, part in (("pg_", pg_stats), ("vf_", vf_stats)):
-                for k, v in part.items():
-                    key = prefix + k if k == "clipped" else k
-                    sums[key] = sums.get(key, 0.0) + v.item()
+            with self._gradient_sync(i == len(micros) - 1):
+                self._micro_batch_backward(mb, T, num_tokens, num_seqs, sums)
         return sums
 
+    def _micro_batch_backward(self, mb: Experience, T: int, num_tokens: float, num_seqs: int,
+                              sums: dict[str, float]) -> None:
+        """Loss of one micro-batch, normalised by the minibatch's global counts; backward; add stats to ``sums``."""
+        cfg = self.config
+        out = response_forward(self._train_policy, mb.input_ids, mb.attention_mask, T, self.scoring_temperature,
+                               self._train_value_head, with_entropy=cfg.entropy_coef > 0)
+        agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+        pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
+                                            cfg.cliprange, cfg.dual_clip, **agg)
+        loss = pg_loss
+        vf_stats: dict[str, torch.Tensor] = {}
+        if self._has_critic:
+            new_values = out.values if out.values is not None else critic_values(
+                self._train_critic, mb.input_ids, mb.attention_mask, T)
+            vf_loss, vf_stats = value_loss(new_values, mb.values, mb.returns, mb.response_mask,
+                                           cfg.cliprange_value, **agg)
+            loss = loss + cfg.vf_coef * vf_loss
+            sums["loss_value"] += vf_loss.item()
+        if cfg.entropy_coef > 0:
+            loss = loss - cfg.entropy_coef * aggregate(out.entropy, mb.response_mask, cfg.loss_aggregation,
+                                                       num_tokens, num_seqs)
+        kl_weight = cfg.kl_loss_coef + (self.kl_ctl.value if kl_in_loss(cfg) else 0.0)
+        if kl_weight > 0:
+            kl = kl_penalty(out.logprobs, mb.ref_logprobs, cfg.kl_loss_estimator)
+            loss = loss + kl_weight * aggregate(kl, mb.response_mask, cfg.loss_aggregation,
+                                                num_tokens, num_seqs)
+        # DDP averages gradients over processes; the loss is already normalised by the global
+        # count, so the sum is wanted: undo the average
+        (loss * self.dist.world_size if self.dist.enabled else loss).backward()
+        sums["loss_policy"] += pg_loss.item()
+        sums["loss_total"] += loss.item()
+        for prefix, part in (("pg_", pg_stats), ("vf_", vf_stats)):
+            for k, v in part.items():
+                key = prefix + k if k == "clipped" else k
+                sums[key] = sums.get(key, 0.0) + v.item()
+
     # ------------------------------------------------------------------ helpers
+
+    def _gradient_sync(self, last_micro_batch: bool):
+        """DDP reduces gradients once per optimiser step: skip the collective on all but the last
+        micro-batch (``no_sync``). One process: nothing to do."""
+        if last_micro_batch or not self.dist.enabled:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for module in (self._train_policy, self._train_critic, self._train_value_head):
+            if hasattr(module, "no_sync"):
+                stack.enter_context(module.no_sync())
+        return stack
 
     @contextlib.contextmanager
     def _reference(self):

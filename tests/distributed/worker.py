@@ -1,0 +1,76 @@
+"""Run by tests/distributed/test_data_parallel.py: once with plain python (1 process) and once under
+torchrun (2 processes), on the same global batch. Rank 0 saves what the test compares."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+
+from tether import LoraSettings, PPOConfig, PPOTrainer  # noqa: E402
+from tether.models import apply_lora  # noqa: E402
+from tether.train.distributed import Distributed  # noqa: E402
+
+GLOBAL_BATCH = 8
+QUERIES = [f"question {i}: {'why ' * (i % 3)}" for i in range(GLOBAL_BATCH)]
+RESPONSES = ["yes", "no way", "a longer answer here", "ok", "fine then", "b", "maybe so", "sure thing!"]
+SCORES = [0.5, -1.0, 2.0, 0.0, 1.5, -0.5, 0.25, 1.0]
+VARIANTS = {
+    "separate-critic": dict(),
+    "value-head+adaptive-kl+whitened-scores": dict(value_model="head", adaptive_kl=True, kl_target=0.01,
+                                                   whiten_scores=True, entropy_coef=0.01),
+    "lora+seq-mean": dict(loss_aggregation="seq-mean-token-mean", kl_loss_coef=0.1),
+    "reinforce_pp": dict(algorithm="reinforce_pp"),
+}
+
+
+def run_variant(name: str, dist: Distributed) -> dict:
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(tokenizer)
+    if name.startswith("lora"):
+        model = apply_lora(model, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    per_rank = GLOBAL_BATCH // dist.world_size
+    config = PPOConfig(batch_size=per_rank, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-2, seed=0,
+                       **VARIANTS[name])
+    trainer = PPOTrainer(config, model, tokenizer)
+    rows = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+    stats = []
+    for step in range(2):
+        perturbed = [s + step for s in SCORES]
+        stats.append(trainer.step(QUERIES[rows], RESPONSES[rows], perturbed[rows]))
+        if step == 0:
+            grads = {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
+            critic = trainer.critic or trainer.value_head
+            if critic is not None:
+                grads.update({f"critic.{n}": p.grad.clone() for n, p in critic.named_parameters()})
+    params = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    return {"stats": [{k: v for k, v in s.items() if not k.startswith("time/")} for s in stats],
+            "grads": grads, "params": params}
+
+
+def run_train(out: Path, dist: Distributed) -> None:
+    """train() with output_dir: only rank 0 writes; a checkpoint to resume with another process count."""
+    tokenizer = tiny_tokenizer()
+    config = PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4, seed=1)
+    trainer = PPOTrainer(config, tiny_llama(tokenizer), tokenizer,
+                         reward_fn=lambda p, c: [float(len(x)) for x in c])
+    trainer.train([f"prompt {i}" for i in range(12)], max_iterations=2, output_dir=out, save_every=1,
+                  progress=False)
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    dist = Distributed.from_environment()
+    torch.set_num_threads(1)
+    results = {name: run_variant(name, dist) for name in VARIANTS}
+    if dist.is_main:
+        torch.save(results, out / f"results-{dist.world_size}.pt")
+    if dist.world_size > 1:
+        run_train(out / "train-2proc", dist)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Data parallelism behind a thin seam: one process, or N under ``torchrun`` — the same code.
+
+``Distributed.from_environment()`` reads the variables torchrun sets (``WORLD_SIZE``, ``RANK``,
+``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) and joins the process group: gloo on CPU, NCCL on GPUs.
+The trainer asks this object, never ``torch.distributed`` directly, for: ``wrap`` (DDP), the sums
+and gathers that make statistics global, ``is_main`` (who writes) and ``barrier``. With one process
+every call is the identity, so single-process runs pay nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class Distributed:
+    """Rank, world size and the collectives PPO needs. One process: all identities."""
+
+    def __init__(self):
+        self.enabled = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.enabled else 0
+        self.world_size = dist.get_world_size() if self.enabled else 1
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0")) if self.enabled else 0
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """Join the process group torchrun describes (if any and not joined yet)."""
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend)
+            logger.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+        return cls()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        """This rank's device: ``cuda:LOCAL_RANK`` when GPUs exist, else the CPU."""
+        return torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+    def wrap(self, module: nn.Module | None) -> nn.Module | None:
+        """``DistributedDataParallel(module)`` across ranks (it broadcasts rank 0's weights, so every
+        rank starts equal, and averages gradients in backward); the module itself with one process."""
+        if module is None or not self.enabled or not any(p.requires_grad for p in module.parameters()):
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(module.parameters()).device
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks (a new tensor)."""
+        if not self.enabled:
+            return tensor
+        out = tensor.detach().clone()
+        dist.all_reduce(out)
+        return out
+
+    def sum_floats(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum a dict of floats over ranks in one collective (same keys on every rank)."""
+        if not self.enabled or not values:
+            return values
+        keys = sorted(values)
+        summed = self.sum(torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device()))
+        return dict(zip(keys, summed.tolist()))
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Concatenate equal-shaped ``[B, ...]`` tensors of all ranks along dim 0 in rank order."""
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def any(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any rank (so every rank takes the same branch)."""
+        if not self.enabled:
+            return flag
+        return bool(self.sum(torch.tensor([float(flag)], device=self.device())).item() > 0)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+__all__ = ["Distributed"]
