@@ -53,3 +53,14 @@ def test_shipped_configs_validate(path):
 
     cls = RMRunConfig if path.name.startswith("rm-") else RunConfig
     assert isinstance(load_run_config(path, cls=cls), cls)
+
+
+def test_configuration_reference_is_in_sync():
+    """docs/configuration.md is generated from the config docstrings; regenerate with
+    `tether config show --markdown > docs/configuration.md`."""
+    from pathlib import Path
+
+    from tether.cli import config_markdown
+
+    doc = Path(__file__).parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == config_markdown() + "\n"

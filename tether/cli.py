@@ -1,4 +1,5 @@
-"""Command line: ``tether ppo | rm | demo | config show``. Parses arguments and calls the library."""
+"""Command line: ``tether ppo | rm | demo | eval | report | export | config show``. Parses arguments
+and calls the library."""
 
 from __future__ import annotations
 
@@ -49,19 +50,20 @@ def build_trainer(config, log_dir: Path | None = None, device=None):
         reward = RewardModelScorer.from_pretrained(resolve_model(config.reward.model),
                                                    batch_size=config.reward.batch_size)
         reward.model.to(device)
-        return PPOTrainer(config.train, model, tokenizer, reward_model=reward, log_dir=log_dir)
+        return PPOTrainer(config.train, model, tokenizer, reward_model=reward, log_dir=log_dir,
+                          report_to=config.report_to)
     if config.reward.url:
         from .rewards import RemoteReward
 
         reward = RemoteReward(config.reward.url, timeout=config.reward.timeout, retries=config.reward.retries,
                               batch_size=config.reward.batch_size)
-        return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir)
+        return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir, report_to=config.report_to)
     if not config.reward.rule:
         from .config import ConfigError
 
         raise ConfigError("reward: set reward.model (a reward model) or reward.rule (a built-in rule)")
     reward = make_rule(config.reward.rule, config.reward.rule_args)
-    return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir)
+    return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir, report_to=config.report_to)
 
 
 def cmd_ppo(args) -> int:
@@ -81,7 +83,7 @@ def cmd_ppo(args) -> int:
     start = time.perf_counter()
     history = trainer.train(config.data.path, epochs=config.data.epochs, max_iterations=config.data.max_iterations,
                             output_dir=out, save_every=config.save_every, keep_checkpoints=config.keep_checkpoints,
-                            resume=args.resume)
+                            resume=args.resume, prompt_field=config.data.prompt_field)
     if not dist.is_main:
         return 0
     metrics = out / "metrics.jsonl"
@@ -143,7 +145,8 @@ def cmd_rm(args) -> int:
     torch.manual_seed(config.train.seed)  # the fresh one-label head is initialised from this seed
     model = load_reward_backbone(path, config.dtype, config.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=config.trust_remote_code)
-    trainer = RewardTrainer(config.train, model, tokenizer, train_pairs, eval_pairs or None, log_dir=out)
+    trainer = RewardTrainer(config.train, model, tokenizer, train_pairs, eval_pairs or None, log_dir=out,
+                            report_to=config.report_to)
     start = time.perf_counter()
     history = trainer.train()
     if config.train.normalize:
@@ -157,11 +160,117 @@ def cmd_rm(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .tracking.report import write_report
+
+    written = write_report(args.run_dir, args.out)
+    print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .models.export import merge_adapters
+
+    if not args.merge:
+        print("tether: error: nothing to do; `tether export CHECKPOINT --merge --out DIR` merges LoRA adapters "
+              "into their base model", file=sys.stderr)
+        return 2
+    out = merge_adapters(args.checkpoint, args.out, base=args.base, dtype=args.dtype)
+    print(json.dumps({"merged": str(out)}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .assets import resolve_model
+    from .data.prompts import load_prompts
+    from .evaluation import EvalSettings, evaluate, write_eval
+    from .models.loading import load_policy, load_tokenizer
+    from .rewards import RemoteReward, RewardModelScorer, make_rule
+
+    chosen = [x for x in (args.reward, args.reward_model, args.reward_url) if x]
+    if len(chosen) != 1:
+        print("tether: error: give exactly one of --reward RULE, --reward-model PATH, --reward-url URL", file=sys.stderr)
+        return 2
+    if args.reward_model:
+        reward = RewardModelScorer.from_pretrained(resolve_model(args.reward_model))
+    elif args.reward_url:
+        reward = RemoteReward(args.reward_url)
+    else:
+        from .config import parse_override
+
+        rule_args = dict((".".join(k), v) for k, v in map(parse_override, args.reward_arg))
+        reward = make_rule(args.reward, rule_args)
+    prompts = load_prompts(args.prompts, args.prompt_field)
+    prompts = prompts[-args.limit:] if args.limit else prompts  # the tail: train() shuffles the head in
+    model_path = resolve_model(args.model)
+    tokenizer = load_tokenizer(model_path)
+    model = load_policy(model_path, dtype=args.dtype)
+    baseline = None
+    if args.baseline:
+        base_path = resolve_model(args.baseline)
+        if load_tokenizer(base_path).get_vocab() != tokenizer.get_vocab():
+            print(f"tether: error: {args.baseline} has another tokenizer than {args.model}; KL needs the same one",
+                  file=sys.stderr)
+            return 2
+        baseline = load_policy(base_path, dtype=args.dtype)
+    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                            batch_size=args.batch_size, seed=args.seed)
+    from .train.ppo import show_progress
+
+    result = evaluate(model, tokenizer, prompts, reward, baseline, settings, progress=show_progress(None))
+    written = write_eval(result, args.out)
+    print(json.dumps({**result["summary"], "written": str(written["json"])}, indent=2))
+    return 0
+
+
+def config_markdown() -> str:
+    """Every option of `tether ppo` and `tether rm`, grouped by section, as Markdown (docs/configuration.md)."""
+    import dataclasses
+
+    from .config import RMRunConfig, RunConfig, field_docs, field_groups
+
+    lines = ["# Configuration reference", "",
+             "Generated by `tether config show --markdown` from the docstrings in `tether/config.py` "
+             "(a test keeps this file in sync). YAML keys map one-to-one onto these fields; override any "
+             "of them on the command line as `section.option=value`.", ""]
+
+    def section(obj, prefix: str, title: str) -> None:
+        docs, groups = field_docs(type(obj)), field_groups(type(obj))
+        plain = [f for f in dataclasses.fields(obj) if not dataclasses.is_dataclass(getattr(obj, f.name))]
+        if plain:
+            lines.extend([f"### {title}", "", (type(obj).__doc__ or "").strip().splitlines()[0], ""])
+            group = None
+            for f in plain:
+                if groups.get(f.name, "") != group:
+                    group = groups.get(f.name, "")
+                    if lines[-1] != "":
+                        lines.append("")
+                    if group:
+                        lines.extend([f"**{group}**", ""])
+                    lines.extend(["| option | default | meaning |", "|---|---|---|"])
+                doc = docs.get(f.name, "").replace("|", "\\|")
+                lines.append(f"| `{prefix}{f.name}` | `{json.dumps(getattr(obj, f.name))}` | {doc} |")
+            lines.append("")
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                section(value, f"{prefix}{f.name}.", f"{prefix}{f.name}")
+
+    lines += ["## `tether ppo` (RunConfig)", ""]
+    section(RunConfig(), "", "top level")
+    lines += ["## `tether rm` (RMRunConfig)", ""]
+    section(RMRunConfig(), "", "top level")
+    return "\n".join(lines)
+
+
 def cmd_config_show(args) -> int:
     import dataclasses
 
     from .config import RMRunConfig, RunConfig, field_docs, load_run_config
 
+    if args.markdown:
+        print(config_markdown())
+        return 0
     cls = RMRunConfig if args.rm else RunConfig
     config = load_run_config(args.config, args.overrides, cls=cls)
 
@@ -224,8 +333,49 @@ def make_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="print every option with its value and documentation")
     show.add_argument("--config", help="YAML run config to resolve (default: the defaults)")
     show.add_argument("--rm", action="store_true", help="the options of `tether rm` instead of `tether ppo`")
+    show.add_argument("--markdown", action="store_true", help="every option of both commands as a Markdown reference")
     show.add_argument("overrides", nargs="*", help="section.option=value overrides")
     show.set_defaults(func=cmd_config_show)
+
+    report = sub.add_parser("report", help="plots (PNG) and a Markdown/HTML summary of a run directory",
+                            description="Reads RUN_DIR/metrics.jsonl (and samples.jsonl, config.yaml) and writes "
+                                        "plots/*.png (reward, KL, entropy, clip fraction, value error, response "
+                                        "length), curves.png, report.md and report.html.")
+    report.add_argument("run_dir", help="a directory written by tether ppo / rm / demo")
+    report.add_argument("--out", help="where to write (default: the run directory)")
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="merge LoRA adapters into their base model",
+                            description="Fold a checkpoint's LoRA adapters into the base weights and save a plain "
+                                        "transformers model (+ tokenizer, model card) that "
+                                        "AutoModelForCausalLM.from_pretrained loads.")
+    export.add_argument("checkpoint", help="directory with adapter_config.json (e.g. RUN/final)")
+    export.add_argument("--merge", action="store_true", help="merge the adapters (the only export there is)")
+    export.add_argument("--out", required=True, help="directory for the merged model")
+    export.add_argument("--base", help="base model (default: the one recorded at training time)")
+    export.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    export.set_defaults(func=cmd_export)
+
+    ev = sub.add_parser("eval", help="score a policy on held-out prompts, optionally against a baseline",
+                        description="Sample one response per prompt from --model (and --baseline), score them "
+                                    "with the reward, and report mean reward, win rate, KL to the baseline, "
+                                    "response length and a sample table (eval.json, eval.md).")
+    ev.add_argument("--model", required=True, help="HF id, directory (full or LoRA adapters) or packaged alias")
+    ev.add_argument("--baseline", help="model to compare with (e.g. the base the policy was trained from)")
+    ev.add_argument("--reward", help="built-in rule: keyword | length | exclamation | sentiment")
+    ev.add_argument("--reward-arg", action="append", default=[], metavar="KEY=VALUE", help="rule argument")
+    ev.add_argument("--reward-model", help="reward model directory (AutoModelForSequenceClassification)")
+    ev.add_argument("--reward-url", help="HTTP reward server")
+    ev.add_argument("--prompts", default="builtin:instructions", help="JSONL/CSV/Parquet/dataset dir/builtin:NAME")
+    ev.add_argument("--prompt-field", default="prompt")
+    ev.add_argument("--limit", type=int, default=64, help="use the last N prompts (0: all)")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--temperature", type=float, default=0.7)
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--out", default="runs/eval", help="directory for eval.json and eval.md")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 

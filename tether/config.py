@@ -257,8 +257,8 @@ class DataConfig:
     """The prompt dataset of train()."""
 
     path: str = "builtin:instructions"
-    """JSONL file (a 'prompt' or 'messages' field per row), a datasets save_to_disk directory, or
-    builtin:instructions (prompts shipped with tether)."""
+    """JSONL, CSV or Parquet file (a 'prompt' or 'messages' field per row), a datasets save_to_disk
+    directory, or builtin:instructions (prompts shipped with tether)."""
     prompt_field: str = "prompt"
     """Field that holds the prompt (string or chat messages)."""
     epochs: int = 1
@@ -269,7 +269,7 @@ class DataConfig:
 
 @dataclass
 class RewardSpec:
-    """Where scores come from: a built-in rule or a sequence-classification reward model."""
+    """Where scores come from: a built-in rule, a sequence-classification reward model or an HTTP server."""
 
     rule: str | None = "keyword"
     """Built-in rule: keyword | length | exclamation | sentiment (ignored when model or url is set)."""
@@ -303,6 +303,11 @@ class RunConfig:
     iterations; 0: none (a stop signal or a reward error still writes one)."""
     keep_checkpoints: int = 2
     """Keep the newest K checkpoints under checkpoints/ (0: keep all)."""
+    report_to: list[str] = field(default_factory=list)
+    """Metric sinks besides metrics.jsonl: tensorboard | wandb | mlflow (installed as extras)."""
+
+    def __post_init__(self):
+        _check_report_to(self.report_to)
 
 
 @dataclass
@@ -346,7 +351,8 @@ class PreferenceDataConfig:
     """Preference pairs of `tether rm`."""
 
     path: str = ""
-    """JSONL file or save_to_disk directory with prompt / chosen / rejected (text or chat messages)."""
+    """JSONL / CSV / Parquet file or save_to_disk directory with prompt / chosen / rejected (text or chat
+    messages)."""
     eval_path: str | None = None
     """Held-out pairs; None holds out eval_fraction of path."""
     eval_fraction: float = 0.1
@@ -372,10 +378,21 @@ class RMRunConfig:
     train: RewardConfig = field(default_factory=RewardConfig)
     output_dir: str = "runs/rm"
     """Directory for metrics and the trained reward model."""
+    report_to: list[str] = field(default_factory=list)
+    """Metric sinks besides metrics.jsonl: tensorboard | wandb | mlflow (installed as extras)."""
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype: {self.dtype!r} is not one of {sorted(DTYPES)}")
+        _check_report_to(self.report_to)
+
+
+def _check_report_to(names: list[str]) -> None:
+    from .tracking.sinks import REPORT_TO
+
+    unknown = [n for n in names if n not in REPORT_TO]
+    if unknown:
+        raise ConfigError(f"report_to: unknown sink(s) {unknown}; choose from {list(REPORT_TO)}")
 
 
 # ---------------------------------------------------------------- dict / YAML <-> dataclasses
@@ -394,6 +411,26 @@ def field_docs(cls) -> dict[str, str]:
             if isinstance(nxt, _ast.Expr) and isinstance(getattr(nxt, "value", None), _ast.Constant):
                 docs[node.target.id] = " ".join(str(nxt.value.value).split())
     return docs
+
+
+def field_groups(cls) -> dict[str, str]:
+    """Field name -> the ``# --- group ---`` comment above it in the class source ("" before any)."""
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    groups, current = {}, ""
+    for line in source.splitlines():
+        heading = re.match(r"\s*# --- (.+?) ---", line)
+        if heading:
+            current = heading.group(1)
+            continue
+        declared = re.match(r"    (\w+): ", line)
+        if declared:
+            groups[declared.group(1)] = current
+    return groups
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -73,3 +73,11 @@ def test_hf_dataset_rows(tmp_path):
 def test_missing_file():
     with pytest.raises(DataError, match="nope.jsonl: preference file not found"):
         load_preferences("nope.jsonl")
+
+
+def test_preferences_from_csv(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt,chosen,rejected\nq1,good answer,bad answer\nq2,yes,no\n")
+    pairs = load_preferences(path)
+    assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [("q1", "good answer", "bad answer"), ("q2", "yes", "no")]
+    assert pairs[1].where.endswith("pairs.csv:row 2")

@@ -85,3 +85,22 @@ def test_train_drops_over_long_prompts_when_asked(model, tokenizer):
     config.prompt_overflow = "error"
     with pytest.raises(DataError, match="prompt 1 has"):
         PPOTrainer(config, model, tokenizer).step(["short", "x" * 200], ["a", "b"], [0.0, 1.0])
+
+
+def test_csv_parquet_and_a_formatter(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    csv = tmp_path / "p.csv"
+    csv.write_text("prompt,topic\nhello there,greet\nwhat is up,greet\n")
+    assert load_prompts(csv) == ["hello there", "what is up"]
+    pq.write_table(pa.table({"article": ["cats sleep", "dogs bark"]}), tmp_path / "p.parquet")
+    assert load_prompts(tmp_path / "p.parquet", formatter=lambda r: f"Summarise: {r['article']}") == [
+        "Summarise: cats sleep", "Summarise: dogs bark"]
+    with pytest.raises(DataError, match=r"p.parquet:row 1: no 'prompt'"):
+        load_prompts(tmp_path / "p.parquet")
+    with pytest.raises(DataError, match=r"p.csv:row 2: the prompt formatter raised KeyError"):
+        load_prompts(csv, formatter=lambda r: r["missing"] if r["prompt"] == "what is up" else r["prompt"])
+    (tmp_path / "bad.csv").write_text('prompt,x\n"unclosed,1\n')
+    with pytest.raises(DataError, match="bad.csv: cannot read csv"):
+        load_prompts(tmp_path / "bad.csv")

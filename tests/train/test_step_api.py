@@ -146,3 +146,20 @@ def test_sequence_kl_is_zero_before_training_and_matches_a_manual_sum_after(mode
                   for m in (trainer.policy, trainer.ref_model)]
         assert kl == pytest.approx(lp[0] - lp[1], abs=1e-4)
     assert any(abs(k) > 1e-6 for k in kls)
+
+
+def test_trl_log_stats_writes_the_batch_next_to_the_metrics(tmp_path, model, tokenizer):
+    import json
+
+    from tether import PPOConfig, PPOTrainer
+
+    trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=3), model, tokenizer,
+                         log_dir=tmp_path)
+    batch = {"query": ["hi", "yo"]}
+    batch["response"] = trainer.generate(batch["query"])
+    rewards = [torch.tensor(1.0), torch.tensor(2.0)]
+    stats = trainer.step(batch["query"], batch["response"], rewards)
+    trainer.log_stats(stats, batch, rewards)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["score"], r["iteration"]) for r in rows] == [("hi", 1.0, 1), ("yo", 2.0, 1)]
+    assert (tmp_path / "metrics.jsonl").exists()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .prompts import DataError, _check_prompt, read_jsonl
+from .prompts import DataError, _check_prompt, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _rows(source: Any) -> Iterable[tuple[str, Any]]:
             return
         if not path.exists():
             raise DataError(f"{path}: preference file not found")
-        yield from read_jsonl(path)
+        yield from read_table(path)
         return
     if hasattr(source, "column_names"):  # datasets.Dataset
         for i, row in enumerate(source):
@@ -97,7 +97,7 @@ def _rows(source: Any) -> Iterable[tuple[str, Any]]:
 
 
 def load_preferences(source: Any) -> list[PreferencePair]:
-    """Pairs from a JSONL file, a ``save_to_disk`` directory, a ``datasets.Dataset`` or a list of
+    """Pairs from a JSONL / CSV / Parquet file, a ``save_to_disk`` directory, a ``datasets.Dataset`` or a list of
     dicts. Malformed rows raise ``DataError`` naming file and line; pairs whose two completions are
     identical carry no preference and are dropped with a warning that counts them."""
     pairs, identical = [], []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -61,31 +61,72 @@ def read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
                 raise DataError(f"{where}: invalid JSON ({getattr(err, 'msg', 'nested too deeply')})") from None
 
 
-def load_prompts(source: Any, field: str = "prompt") -> list[Any]:
-    """Prompts from ``builtin:NAME`` (sets shipped with tether), a JSONL file, a ``datasets`` directory saved with ``save_to_disk``, a HF
-    ``datasets.Dataset``, or a list of strings / message lists.
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def read_table(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(where, row)`` of a JSONL, CSV or Parquet file (by suffix; anything else is read as JSONL).
+    ``where`` is ``file:line`` for JSONL, ``file:row N`` (1-based data rows) for tables."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        yield from read_jsonl(path)
+        return
+    try:
+        if suffix == ".csv":
+            from pyarrow import csv
+
+            table = csv.read_csv(str(path))
+        else:
+            from pyarrow import parquet
+
+            table = parquet.read_table(str(path))
+    except Exception as err:  # pyarrow's parse errors: report them against the file
+        raise DataError(f"{path}: cannot read {suffix[1:]}: {str(err).splitlines()[0]}") from None
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path}:row {i}", row
+
+
+def load_prompts(source: Any, field: str = "prompt", formatter: Callable[[dict], Any] | None = None) -> list[Any]:
+    """Prompts from ``builtin:NAME`` (sets shipped with tether), a JSONL / CSV / Parquet file, a
+    ``datasets`` directory saved with ``save_to_disk``, a HF ``datasets.Dataset``, or a list of
+    strings / message lists.
+
+    ``formatter``: builds the prompt from a whole row (``fn(row: dict) -> str | messages``) instead of
+    reading ``field``, e.g. ``lambda r: f"Summarise:\\n{r['article']}"``.
     """
     if isinstance(source, str) and source.startswith("builtin:"):
         path = Path(__file__).parent / "builtin" / f"{source.split(':', 1)[1]}.jsonl"
         if not path.exists():
             known = sorted(p.stem for p in path.parent.glob("*.jsonl"))
             raise DataError(f"{source}: no such built-in prompt set; known: {['builtin:' + k for k in known]}")
-        return load_prompts(path, field)
+        return load_prompts(path, field, formatter)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
             from datasets import load_from_disk
 
-            return load_prompts(load_from_disk(str(path)), field)
+            return load_prompts(load_from_disk(str(path)), field, formatter)
         if not path.exists():
             raise DataError(f"{path}: prompt file not found")
-        prompts = [prompt_from_row(row, where, field) for where, row in read_jsonl(path)]
+        prompts = [_row_prompt(row, where, field, formatter) for where, row in read_table(path)]
         if not prompts:
             raise DataError(f"{path}: no prompts")
         return prompts
     if hasattr(source, "column_names"):  # a datasets.Dataset
-        return [prompt_from_row(dict(row), f"dataset row {i}", field) for i, row in enumerate(source)]
+        return [_row_prompt(dict(row), f"dataset row {i}", field, formatter) for i, row in enumerate(source)]
+    if formatter is not None:
+        return [_row_prompt(row, f"prompt {i}", field, formatter) for i, row in enumerate(source)]
     return [_check_prompt(p, f"prompt {i}") for i, p in enumerate(source)]
+
+
+def _row_prompt(row: Any, where: str, field: str, formatter: Callable[[dict], Any] | None) -> Any:
+    if formatter is None:
+        return prompt_from_row(row, where, field)
+    try:
+        prompt = formatter(row)
+    except Exception as err:  # the user's code: name the row it failed on
+        raise DataError(f"{where}: the prompt formatter raised {type(err).__name__}: {err}") from err
+    return _check_prompt(prompt, f"{where} (formatted)")
 
 
 def render_prompt(prompt: Any, tokenizer, use_chat_template: bool = True) -> tuple[str, bool]:

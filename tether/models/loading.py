@@ -110,9 +110,36 @@ def load_causal_lm(
                                    trust_remote_code=trust_remote_code, **kwargs)
     if gguf_file:
         forget_gguf_quantizer(model)
+    # where the base weights came from: written next to saved LoRA adapters, so that `tether export`
+    # and `tether eval` can rebuild the base (a GGUF file is not a directory peft can reload)
+    model._tether_source = {"name_or_path": name_or_path, "gguf_file": gguf_file, "dtype": dtype}
     if lora is not None and lora.r > 0:
         model = apply_lora(model, lora)
     return model
+
+
+BASE_FILE = "tether_base.json"
+
+
+def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False, base: str | None = None):
+    """A trained policy: a full model directory, or a directory of peft LoRA adapters whose base is
+    rebuilt from ``tether_base.json`` (written by tether), ``base`` or the adapter config."""
+    import json
+
+    adapter_config = Path(path) / "adapter_config.json"
+    if not adapter_config.exists():
+        return load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+
+    spec = {"name_or_path": base} if base else None
+    if spec is None and (Path(path) / BASE_FILE).exists():
+        spec = json.loads((Path(path) / BASE_FILE).read_text())
+    if spec is None:
+        spec = {"name_or_path": json.loads(adapter_config.read_text()).get("base_model_name_or_path")}
+    if not spec.get("name_or_path"):
+        raise FileNotFoundError(f"{path}: LoRA adapters without a known base model; pass the base explicitly")
+    model = load_causal_lm(spec["name_or_path"], spec.get("gguf_file"), dtype, trust_remote_code)
+    return PeftModel.from_pretrained(model, path)
 
 
 def forget_gguf_quantizer(model) -> None:

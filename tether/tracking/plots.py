@@ -7,18 +7,24 @@ from typing import Sequence
 
 
 def plot_curves(path: str | Path, panels: dict[str, dict[str, Sequence[float]]], xlabel: str = "PPO iteration",
-                title: str | None = None) -> Path:
-    """One panel per entry of ``panels`` (``{panel title: {line label: y values}}``), side by side;
-    x is 1..len(y). ``None`` values are skipped. Writes a PNG at ``path`` and returns it."""
+                title: str | None = None, x: Sequence[float] | None = None, columns: int | None = None) -> Path:
+    """One panel per entry of ``panels`` (``{panel title: {line label: y values}}``), in a grid of
+    ``columns`` (default: one row); x is ``x`` or 1..len(y). ``None`` values are skipped. Writes a
+    PNG at ``path`` and returns it."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for ax, (name, lines) in zip(axes[0], panels.items()):
+    cols = columns or len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, lines) in zip(axes.flat, panels.items()):
         for label, ys in lines.items():
-            points = [(i + 1, y) for i, y in enumerate(ys) if y is not None]
+            xs = x if x is not None else range(1, len(ys) + 1)
+            points = [(i, y) for i, y in zip(xs, ys) if y is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=label)
         ax.set_title(name)

@@ -42,11 +42,13 @@ from ..config import PPOConfig
 from ..data.prompts import DataError, left_pad, limit_prompt_lengths, load_prompts, tokenize_prompts
 from ..models.critic import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_size_of, is_peft, unwrap_peft
 from ..models.forward import critic_values, response_forward
-from ..models.loading import prepare_tokenizer
+from ..models.loading import BASE_FILE, prepare_tokenizer
 from ..rewards.base import NonFiniteRewardError, RewardError, call_reward, check_scores
 from ..rollout import Experience, HFEngine, Rollout, SamplingParams
-from ..tracking import (JSONLSink, checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints,
+from ..tracking import (checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints,
                         truncate_jsonl, write_atomically, write_json)
+from ..tracking.model_card import write_model_card
+from ..tracking.sinks import check_report_to, make_sinks
 from .distributed import Distributed
 from .checkpointing import DataPosition, capture_rng, fingerprint, read_training_state, write_training_state
 from .estimators import estimate_advantages, kl_in_loss
@@ -86,12 +88,14 @@ class PPOTrainer:
             tokenizer via ``reward_tokenizer``).
         dataset: prompts for ``train()`` (JSONL path, ``datasets.Dataset`` or list).
         engine: rollout engine (default: ``HFEngine`` on the policy).
-        log_dir: when set, metrics go to ``log_dir/metrics.jsonl``.
+        log_dir: when set, metrics go to ``log_dir/metrics.jsonl`` (``train(output_dir=...)`` sets it too).
+        report_to: extra metric sinks: any of ``tensorboard``, ``wandb``, ``mlflow``.
     """
 
     def __init__(self, config: PPOConfig, model, tokenizer=None, *trl_positional, ref_model=None,
                  critic: ValueModel | None = None, reward_fn: Callable | None = None, reward_model=None,
-                 reward_tokenizer=None, dataset=None, engine=None, log_dir: str | Path | None = None):
+                 reward_tokenizer=None, dataset=None, engine=None, log_dir: str | Path | None = None,
+                 report_to: Sequence[str] = ()):
         if isinstance(tokenizer, nn.Module):  # TRL 0.11 order: (config, model, ref_model, tokenizer, dataset)
             ref_model, tokenizer = tokenizer, (trl_positional[0] if trl_positional else None)
             dataset = trl_positional[1] if len(trl_positional) > 1 else dataset
@@ -155,13 +159,15 @@ class PPOTrainer:
         if self.dist.enabled:
             torch.manual_seed(config.seed + self.dist.rank)  # each rank samples its own responses
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)  # equal on all ranks: one data order
-        self.sink = JSONLSink(Path(log_dir) / "metrics.jsonl") if log_dir and self.dist.is_main else None
+        self.report_to = check_report_to(report_to)
+        self.sink = self._make_sink(log_dir) if log_dir else None
         self.iteration = 0
         self.scoring_temperature = config.temperature
         self._sampled: dict = {}  # (repr(prompt), completion text) -> sampled ids, filled by generate()
         self._prompt_ids: dict = {}  # repr(prompt) -> prompt ids, so step() does not re-tokenise
         self._generate_seconds = 0.0
         self.faults = FaultMonitor(config.max_bad_steps)
+        self.last_stats: dict[str, float] = {}  # of the latest iteration (shown in model cards)
         self._boundary: tuple[dict, DataPosition] | None = None  # RNG + data position a checkpoint stands for
 
     # ------------------------------------------------------------------ public API
@@ -242,10 +248,13 @@ class PPOTrainer:
     def train(self, dataset=None, reward_fn: Callable | None = None, epochs: int = 1,
               max_iterations: int | None = None, output_dir: str | Path | None = None,
               save_every: int = 0, keep_checkpoints: int = 0, resume: str | Path | None = None,
-              progress: bool | None = None) -> list[dict[str, float]]:
+              progress: bool | None = None, prompt_field: str = "prompt",
+              prompt_formatter: Callable[[dict], Any] | None = None) -> list[dict[str, float]]:
         """Run PPO over a prompt dataset; returns the stats of the iterations this call ran.
 
-        dataset: JSONL path / ``datasets.Dataset`` / list of prompts (default: the constructor's).
+        dataset: JSONL / CSV / Parquet path, ``datasets.Dataset`` (or ``save_to_disk`` directory), or
+            a list of prompts (default: the constructor's). ``prompt_field`` names the column that holds
+            the prompt; ``prompt_formatter(row) -> prompt`` builds it from the whole row instead.
         reward_fn: ``fn(prompts, completions) -> scores`` (default: the constructor's reward).
         output_dir: gets ``metrics.jsonl``, ``samples.jsonl``, ``final/`` and resumable checkpoints
             ``checkpoints/step-N`` every ``save_every`` iterations (the newest ``keep_checkpoints``
@@ -260,7 +269,7 @@ class PPOTrainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        prompts = load_prompts(dataset if dataset is not None else self.dataset)
+        prompts = load_prompts(dataset if dataset is not None else self.dataset, prompt_field, prompt_formatter)
         reward = reward_fn if reward_fn is not None else self.reward_fn
         if reward is None:
             raise ValueError("train() needs a reward: pass reward_fn= or reward_model=")
@@ -282,8 +291,9 @@ class PPOTrainer:
         if cfg.total_steps is None:
             cfg.total_steps = total
         out = Path(output_dir) if output_dir else None
-        if out is not None and self.sink is None and self.dist.is_main:
-            self.sink = JSONLSink(out / "metrics.jsonl")
+        own_sink = out is not None and self.sink is None
+        if own_sink:
+            self.sink = self._make_sink(out)
         position = start_position if resume is None else self._resume(resume, out, start_position, global_bs)
         params = self._sampling_params({}, None)
         history: list[dict[str, float]] = []
@@ -329,7 +339,16 @@ class PPOTrainer:
                 raise TrainingInterrupted(stop_signal, saved)
         if out is not None:
             self.save_pretrained(out / "final")
+        if own_sink and self.sink is not None:
+            self.sink.close()
+            self.sink = None
         return history
+
+    def _make_sink(self, run_dir: str | Path):
+        """metrics.jsonl + the report_to sinks, on the main process only."""
+        if not self.dist.is_main:
+            return None
+        return make_sinks(run_dir, self.report_to, dataclasses.asdict(self.config))
 
     def _train_iteration(self, prompts: list, token_ids: list[list[int]], reward: Callable,
                          params: SamplingParams, out: Path | None) -> dict[str, float] | None:
@@ -394,6 +413,19 @@ class PPOTrainer:
             logger.info("checkpoint %s", path)
         return path
 
+    def log_stats(self, stats: dict, batch: dict, rewards, columns_to_log: Sequence[str] = ("query", "response")) -> None:
+        """TRL ≤ 0.11 compatibility: ``step`` already logged ``stats``; this adds the batch's
+        query/response/reward rows to ``samples.jsonl`` next to ``metrics.jsonl`` (when logging)."""
+        if self.sink is None:
+            return
+        queries, responses = (list(batch.get(c, [])) for c in columns_to_log[:2])
+        scores = [float(r.item() if hasattr(r, "item") else r) for r in rewards]
+        path = self.sink.path.parent / "samples.jsonl"
+        with path.open("a", encoding="utf-8") as handle:
+            for q, r, sc in zip(queries, responses, scores):
+                handle.write(json.dumps({"iteration": self.iteration, "prompt": q if isinstance(q, (str, list)) else
+                                         str(q), "completion": r if isinstance(r, str) else str(r), "score": sc}) + "\n")
+
     @torch.no_grad()
     def sequence_kl(self, queries: Sequence[Any], responses: Sequence[Any]) -> list[float]:
         """KL of the policy to the reference on given responses, one number (nats) per response:
@@ -431,6 +463,13 @@ class PPOTrainer:
         def write(tmp: Path) -> None:
             self.policy.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
+            source = getattr(self.policy, "_tether_source", None)
+            adapters = is_peft(self.policy)
+            if adapters and source:
+                write_json(tmp / BASE_FILE, source)
+            write_model_card(tmp, "adapter" if adapters else "policy",
+                             base_model=(source or {}).get("name_or_path") or self.config.model_name,
+                             config=dataclasses.asdict(self.config), metrics=self.last_stats, final_path=directory)
             if self.critic is not None:
                 self.critic.save_pretrained(tmp / "critic")
             if self.value_head is not None:
@@ -478,6 +517,7 @@ class PPOTrainer:
         stats["time/reward"] = reward_seconds
         stats["time/step"] = time.perf_counter() - t0
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.last_stats = stats
         if self.sink is not None:
             self.sink.log(self.iteration, stats)
         return stats

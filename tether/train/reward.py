@@ -23,7 +23,8 @@ from ..config import RewardConfig, to_dict
 from ..data.preferences import PreferencePair, load_preferences
 from ..rewards.model import RewardModelScorer, encode_pairs, prompt_text, save_normalization
 from ..tracking.checkpoint import write_atomically, write_json
-from ..tracking.metrics import JSONLSink
+from ..tracking.model_card import write_model_card
+from ..tracking.sinks import make_sinks
 from .optim import make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -34,11 +35,12 @@ class RewardTrainer:
 
     train_dataset / eval_dataset: anything ``load_preferences`` reads (JSONL path, ``datasets``
     object or directory, list of dicts or ``PreferencePair``). ``tokenizer`` is the reward model's
-    own; prompt and completion are encoded as a text pair (``encode_pairs``).
+    own; prompt and completion are encoded as a text pair (``encode_pairs``). ``log_dir`` gets
+    ``metrics.jsonl`` (one row per epoch), plus the ``report_to`` sinks (tensorboard, wandb, mlflow).
     """
 
     def __init__(self, config: RewardConfig, model, tokenizer, train_dataset: Any,
-                 eval_dataset: Any = None, log_dir: str | Path | None = None):
+                 eval_dataset: Any = None, log_dir: str | Path | None = None, report_to: Sequence[str] = ()):
         if model.config.num_labels != 1:
             raise ValueError(f"reward model has num_labels={model.config.num_labels}; expected 1 "
                              "(load it with tether.models.loading.load_reward_backbone)")
@@ -58,7 +60,7 @@ class RewardTrainer:
         steps = config.epochs * math.ceil(len(self.train_pairs) / config.batch_size)
         self.total_steps = steps
         self.scheduler = make_scheduler(self.optimizer, "linear", int(config.warmup_ratio * steps), steps)
-        self.sink = JSONLSink(Path(log_dir) / "metrics.jsonl") if log_dir else None
+        self.sink = make_sinks(log_dir, report_to, to_dict(config)) if log_dir else None
         self.shift, self.scale = 0.0, 1.0
         self.step_count = 0
 
@@ -177,6 +179,8 @@ class RewardTrainer:
             self.tokenizer.save_pretrained(tmp)
             save_normalization(tmp, self.shift, self.scale)
             write_json(tmp / "tether_reward_config.json", {"config": to_dict(self.config), **(info or {})})
+            write_model_card(tmp, "reward_model", base_model=getattr(self.model, "name_or_path", None),
+                             config=to_dict(self.config), metrics=info, final_path=directory)
 
         return write_atomically(directory, write)
 
