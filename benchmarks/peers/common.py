@@ -1,0 +1,47 @@
+"""Shared by every benchmark worker (tether's and the TRL peers'); stdlib + torch + transformers only,
+so it runs unchanged in each peer's virtual environment."""
+
+import json
+import resource
+import sys
+import time
+
+import torch
+
+
+def load_job(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@torch.no_grad()
+def score(reward_model, pad_id, sequences):
+    """Reward-model logit at the last token of each (prompt + response) id list (right-padded)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    logits = reward_model(input_ids=ids, attention_mask=mask).logits[:, 0]
+    return [float(x) for x in logits]
+
+
+def report(result, path):
+    result.setdefault("peak_rss_mib", peak_rss_mib())
+    with open(path, "w") as handle:
+        json.dump(result, handle)
+    print(json.dumps({k: v for k, v in result.items() if k != "rewards"}), file=sys.stderr)
+
+
+class Clock:
+    def __init__(self):
+        self.marks = [time.perf_counter()]
+
+    def lap(self) -> float:
+        self.marks.append(time.perf_counter())
+        return self.marks[-1] - self.marks[-2]
