@@ -155,6 +155,12 @@ class PPOConfig:
     """A non-finite loss, gradient norm or reward skips the step (optimiser step, or the iteration for a
     reward) with a warning; more than this many in a row stop the run with an error (0: the first)."""
 
+    # --- performance ---
+    reuse_freed_memory: bool = True
+    """CPU training on Linux/glibc: keep freed memory in the process (malloc without mmap), so the
+    large buffers every minibatch frees and reallocates are not page-faulted in again (~25 % faster
+    steps on 2 cores); memory is returned to the OS at exit instead. Process-wide; false = leave malloc alone."""
+
     def __post_init__(self):
         self.validate()
 

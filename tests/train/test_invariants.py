@@ -51,9 +51,11 @@ def test_learning_rate_zero_leaves_policy_unchanged(model, tokenizer):
     for _ in range(2):
         responses = trainer.generate(PROMPTS)
         stats = trainer.step(PROMPTS, responses, [float(len(r)) for r in responses])
-        assert stats["policy/ratio_mean"] == 1.0
-        assert stats["policy/approxkl"] == 0.0 and stats["policy/clipfrac"] == 0.0
-        assert stats["objective/kl"] == 0.0
+        # training micro-batches drop other padding columns than the scoring ones, so the same
+        # weights give logprobs equal up to float rounding (~1e-7), not bit for bit
+        assert stats["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        assert stats["policy/approxkl"] < 1e-10 and stats["policy/clipfrac"] == 0.0
+        assert stats["objective/kl"] == 0.0  # policy and reference score identical inputs
     after = trainer.policy.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -17,7 +17,9 @@ def test_reward_rises_on_tiny_model(model, tokenizer):
                        learning_rate=3e-3, max_new_tokens=8,
                        temperature=1.0, kl_coef=0.01, seed=0)
     trainer = PPOTrainer(config, model, tokenizer, reward_fn=reward_for_letter_a)
-    history = trainer.train(PROMPTS * 30, epochs=1, max_iterations=30, progress=False)
+    # 60 iterations: the rise is sharp but comes late (after 25-55 iterations, depending on the seed
+    # and on float rounding); every seed 0-3 ends at 0.66-1.0 from <= 0.02
+    history = trainer.train(PROMPTS * 60, epochs=1, max_iterations=60, progress=False)
     first = sum(h["env/reward_mean"] for h in history[:5]) / 5
     last = sum(h["env/reward_mean"] for h in history[-5:]) / 5
     assert last > first + 0.2, (first, last)

@@ -61,6 +61,34 @@ class Experience:
         """The rows ``index`` (``[b]`` long) of every field."""
         return Experience(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def trimmed(self) -> Experience:
+        """The same rows without the columns that are padding in every row: leading prompt columns
+        and trailing response columns (``[b, P' + T']``, per-token fields ``[b, T']``).
+
+        Exact: left padding is masked out of attention and position ids count real tokens only;
+        trailing columns come after every valid token, so causal attention never sees them.
+        """
+        start, length = padding_bounds(self.attention_mask, self.response_mask)
+        end = self.input_ids.shape[1] - (self.response_len - length)
+        per_token = {f.name: getattr(self, f.name)[:, :length] for f in fields(self)
+                     if f.name not in ("input_ids", "attention_mask")}
+        return Experience(input_ids=self.input_ids[:, start:end], attention_mask=self.attention_mask[:, start:end],
+                          **per_token)
+
     @property
     def response_len(self) -> int:
         return self.response_mask.shape[1]
+
+
+def padding_bounds(attention_mask: torch.Tensor, response_mask: torch.Tensor) -> tuple[int, int]:
+    """``(start, length)``: the first column of ``attention_mask`` (``[b, P + T]``) holding a real
+    token in some row, and the response length ``T' <= T`` up to the last valid token of any row of
+    ``response_mask`` (``[b, T]``). Slicing ``[:, start : P + T']`` drops only all-padding columns."""
+    prompt_len = attention_mask.shape[1] - response_mask.shape[1]
+    real_prompt = attention_mask[:, :prompt_len].bool().any(0)
+    start = int(real_prompt.nonzero()[0]) if real_prompt.any() else prompt_len
+    start = min(start, max(prompt_len - 1, 0))  # the last prompt column scores the first response token
+    valid = response_mask.any(0).nonzero()
+    length = int(valid[-1]) + 1 if valid.numel() else 1
+    return start, length
+

@@ -45,10 +45,12 @@ from ..models.forward import critic_values, response_forward
 from ..models.loading import BASE_FILE, prepare_tokenizer
 from ..rewards.base import NonFiniteRewardError, RewardError, call_reward, check_scores
 from ..rollout import Experience, HFEngine, Rollout, SamplingParams
+from ..rollout.types import padding_bounds
 from ..tracking import (checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints,
                         truncate_jsonl, write_atomically, write_json)
 from ..tracking.model_card import write_model_card
 from ..tracking.sinks import check_report_to, make_sinks
+from .allocator import keep_freed_memory
 from .distributed import Distributed
 from .checkpointing import DataPosition, capture_rng, fingerprint, read_training_state, write_training_state
 from .estimators import estimate_advantages, kl_in_loss
@@ -111,6 +113,8 @@ class PPOTrainer:
         prepare_tokenizer(tokenizer)
         self.policy = model.eval()  # eval mode throughout: dropout off in every forward [H24]
         self.device = next(model.parameters()).device
+        if config.reuse_freed_memory and self.device.type == "cpu":
+            keep_freed_memory()
 
         if ref_model is not None:
             self.ref_model = _freeze(ref_model)
@@ -531,20 +535,23 @@ class PPOTrainer:
         T = mask.shape[1]
         logprobs, ref_logprobs, values, entropy = [], [], [], []
         for rows in torch.arange(input_ids.shape[0], device=self.device).split(cfg.micro_batch_size):
-            ids, attn = input_ids[rows], attention_mask[rows]
-            out = response_forward(self.policy, ids, attn, T, self.scoring_temperature, self.value_head,
+            # drop the columns that are padding in every row of this micro-batch; pad the outputs back to T
+            start, t = padding_bounds(attention_mask[rows], mask[rows])
+            end = input_ids.shape[1] - (T - t)
+            ids, attn = input_ids[rows, start:end], attention_mask[rows, start:end]
+            out = response_forward(self.policy, ids, attn, t, self.scoring_temperature, self.value_head,
                                    with_entropy=True)
             with self._reference() as ref:
-                ref_out = response_forward(ref, ids, attn, T, self.scoring_temperature)
-            logprobs.append(out.logprobs)
-            entropy.append(out.entropy)
-            ref_logprobs.append(ref_out.logprobs)
+                ref_out = response_forward(ref, ids, attn, t, self.scoring_temperature)
             if out.values is not None:
-                values.append(out.values)
+                row_values = out.values
             elif self.critic is not None:
-                values.append(critic_values(self.critic, ids, attn, T))
+                row_values = critic_values(self.critic, ids, attn, t)
             else:
-                values.append(torch.zeros_like(out.logprobs))
+                row_values = torch.zeros_like(out.logprobs)
+            for outputs, x in ((logprobs, out.logprobs), (entropy, out.entropy), (ref_logprobs, ref_out.logprobs),
+                               (values, row_values)):
+                outputs.append(torch.nn.functional.pad(x, (0, T - t)))
         logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
         values = torch.where(mask, torch.cat(values), 0.0)
         entropy = torch.cat(entropy)
@@ -641,19 +648,19 @@ class PPOTrainer:
         local_tokens = experience.response_mask[rows].sum()
         num_tokens = self.dist.sum(local_tokens).item()  # global count: across processes too
         num_seqs = rows.numel() * self.dist.world_size
-        T = experience.response_len
         sums = {"loss_policy": 0.0, "loss_value": 0.0, "loss_total": 0.0, "tokens": float(local_tokens.item())}
         micros = rows.split(cfg.micro_batch_size)
         for i, micro in enumerate(micros):
-            mb = experience.select(micro)
+            mb = experience.select(micro).trimmed()  # no compute on all-padding columns
             with self._gradient_sync(i == len(micros) - 1):
-                self._micro_batch_backward(mb, T, num_tokens, num_seqs, sums)
+                self._micro_batch_backward(mb, num_tokens, num_seqs, sums)
         return sums
 
-    def _micro_batch_backward(self, mb: Experience, T: int, num_tokens: float, num_seqs: int,
+    def _micro_batch_backward(self, mb: Experience, num_tokens: float, num_seqs: int,
                               sums: dict[str, float]) -> None:
         """Loss of one micro-batch, normalised by the minibatch's global counts; backward; add stats to ``sums``."""
         cfg = self.config
+        T = mb.response_len
         out = response_forward(self._train_policy, mb.input_ids, mb.attention_mask, T, self.scoring_temperature,
                                self._train_value_head, with_entropy=cfg.entropy_coef > 0)
         agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
