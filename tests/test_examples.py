@@ -31,8 +31,9 @@ def test_every_example_has_a_test():
 
 
 def test_step_api_example_runs(tiny_dir):
-    out = run("step_api.py", "--model", str(tiny_dir), "--iterations", "1", "--batch-size", "4", "--max-new-tokens", "4")
-    assert "iteration 1: reward" in out
+    out = run("step_api.py", "--model", str(tiny_dir), "--iterations", "1", "--batch-size", "4", "--max-new-tokens", "4",
+              "--heldout", "3", "--reward", "brevity")
+    assert "iteration 1: reward" in out and "held-out (3 prompts x 2 samples): before " in out
 
 
 def test_custom_reward_example_runs(tiny_dir, tmp_path):

@@ -20,15 +20,20 @@ def peak_rss_mib() -> float:
 
 @torch.no_grad()
 def score(reward_model, pad_id, sequences):
-    """Reward-model logit at the last token of each (prompt + response) id list (right-padded)."""
+    """Reward-model logit at the last token of each (prompt + response) id list (right-padded).
+
+    The last token is located from the lengths, not from ``pad_token_id``: transformers 4.46 pools a
+    sequence classifier at the token before the *first* pad id, and SmolLM2's pad id (= EOS) already
+    occurs inside the chat-rendered prompt, which would give every row the same score in that venv."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    logits = reward_model(input_ids=ids, attention_mask=mask).logits[:, 0]
-    return [float(x) for x in logits]
+    hidden = reward_model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    last = hidden[torch.arange(len(sequences)), mask.sum(1) - 1]
+    return [float(x) for x in reward_model.score(last)[:, 0]]
 
 
 def report(result, path):

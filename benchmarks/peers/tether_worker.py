@@ -17,6 +17,10 @@ torch.set_num_threads(job["threads"])
 torch.manual_seed(job["seed"])
 tokenizer = AutoTokenizer.from_pretrained(job["policy"])
 model = AutoModelForCausalLM.from_pretrained(job["policy"])
+if job.get("lora_r"):  # the same adapters as the peer's; the reference is the policy with them disabled
+    from tether.models.loading import LoraSettings, apply_lora
+
+    model = apply_lora(model, LoraSettings(r=job["lora_r"], alpha=2 * job["lora_r"]))
 reward_model = AutoModelForSequenceClassification.from_pretrained(job["reward_model"]).eval()
 separate = job["value_model"] == "separate"
 config = PPOConfig(batch_size=job["batch_size"], mini_batch_size=job["mini_batch_size"], gradient_accumulation_steps=1,
@@ -38,7 +42,7 @@ for it in range(job["iterations"]):
     seconds.append(clock.lap())
     tokens.append(sum(len(r) for r in responses))
     rewards.append(sum(scores) / len(scores))
-result = {"peer": f"tether ({job['value_model']} critic)", "seconds": seconds, "tokens": tokens, "rewards": rewards,
+result = {"peer": f"tether ({job['value_model']} critic{', LoRA' if job.get('lora_r') else ''})", "seconds": seconds, "tokens": tokens, "rewards": rewards,
           "elapsed": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}  # before the extra optimiser below
 
 if job["overhead"]:
@@ -56,7 +60,11 @@ if job["overhead"]:
         keep = length + 1  # only response positions need logits
         model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=keep)
         parts["forward policy (+ values)"] = clock.lap()
-        trainer.ref_model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+        if trainer.ref_model is not None:
+            trainer.ref_model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+        else:  # LoRA: the reference is the same weights with the adapters off
+            with model.disable_adapter():
+                model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
         parts["forward reference"] = clock.lap()
         reward_model(input_ids=ids, attention_mask=mask)
         parts["forward reward model"] = clock.lap()

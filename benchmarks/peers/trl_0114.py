@@ -14,8 +14,16 @@ torch.set_num_threads(job["threads"])
 torch.manual_seed(job["seed"])
 tokenizer = AutoTokenizer.from_pretrained(job["policy"])
 tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-model = AutoModelForCausalLMWithValueHead.from_pretrained(job["policy"])
-ref = AutoModelForCausalLMWithValueHead.from_pretrained(job["policy"])
+if job.get("lora_r"):  # adapters on the attention projections; the reference is the policy with them disabled
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=job["lora_r"], lora_alpha=2 * job["lora_r"], lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(job["policy"], peft_config=lora)
+    ref = None
+else:
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(job["policy"])
+    ref = AutoModelForCausalLMWithValueHead.from_pretrained(job["policy"])
 reward_model = AutoModelForSequenceClassification.from_pretrained(job["reward_model"]).eval()
 config = PPOConfig(model_name=job["policy"], learning_rate=job["learning_rate"], batch_size=job["batch_size"],
                    mini_batch_size=job["mini_batch_size"], gradient_accumulation_steps=1, ppo_epochs=job["ppo_epochs"],
@@ -37,5 +45,5 @@ for it in range(job["iterations"]):
     seconds.append(clock.lap())
     tokens.append(sum(len(r) for r in responses))
     rewards.append(sum(scores) / len(scores))
-report({"peer": "trl==0.11.4", "seconds": seconds, "tokens": tokens, "rewards": rewards,
+report({"peer": "trl==0.11.4" + (" LoRA" if job.get("lora_r") else ""), "seconds": seconds, "tokens": tokens, "rewards": rewards,
         "elapsed": time.perf_counter() - start}, sys.argv[2])
