@@ -12,6 +12,7 @@ after training (``--heldout``, 2 samples each) and the mean rewards compared, wi
 error of the difference: the per-iteration batch means (16 samples) are too noisy to show a change.
 
     .venv/bin/python examples/step_api.py --reward brevity       # 10 minutes of training on 2 cores
+    .venv/bin/python examples/step_api.py --reward length --whiten-scores
     .venv/bin/python examples/step_api.py --model DIR --iterations 1 --batch-size 4   (any HF model)
 """
 
@@ -57,13 +58,17 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--reward", choices=sorted(REWARDS), default="length")
     parser.add_argument("--heldout", type=int, default=64, help="held-out prompts scored before and after (0: none)")
+    parser.add_argument("--whiten-scores", action="store_true",
+                        help="PPOConfig(whiten_scores=True): scores to mean 0, std 1 over each batch (for raw-scale "
+                             "rewards such as len(r))")
     args = parser.parse_args()
     reward = REWARDS[args.reward]
 
     MODEL = resolve_model(args.model)
     model = AutoModelForCausalLM.from_pretrained(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
-    config = PPOConfig(model_name=MODEL, learning_rate=1e-5, batch_size=args.batch_size, ppo_epochs=4)
+    config = PPOConfig(model_name=MODEL, learning_rate=1e-5, batch_size=args.batch_size, ppo_epochs=4,
+                       whiten_scores=args.whiten_scores)
     ppo_trainer = PPOTrainer(config, model, tokenizer)
 
     pool = load_prompts("builtin:instructions")

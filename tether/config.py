@@ -97,7 +97,8 @@ class PPOConfig:
     missing_eos_score: float | None = None
     """Score given instead of the reward to responses that hit max_new_tokens without EOS (TL;DR: -1)."""
     whiten_scores: bool = False
-    """Whiten the scores over the batch before they enter the per-token reward."""
+    """Whiten the scores over the batch before they enter the per-token reward. Turn it on for rewards
+    far from zero such as the seed's len(r) (the first batch warns when the scores look like that)."""
     score_clip: float | None = None
     """Clip scores (after whitening) to [-score_clip, score_clip]."""
 

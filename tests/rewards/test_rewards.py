@@ -51,3 +51,19 @@ def test_sentiment_rule_scores_vader_compound():
     scores = make_rule("sentiment")(["p"] * 3, ["What a wonderful, happy day!", "The table is brown.",
                                                  "This is terrible and I hate it."])
     assert scores[0] > 0.5 and scores[1] == 0.0 and scores[2] < -0.5
+
+
+@pytest.mark.parametrize("mean, std, warns", [
+    (190.0, 50.0, True),    # len(r): a large offset, a small spread
+    (-5.0, 1.0, True),      # negative offsets too
+    (0.1, 0.25, False),     # centred scores
+    (3.0, 2.0, False),      # 3 <= 2 * 2: the spread is large enough
+    (0.9, 0.01, False),     # |mean| <= 1: small scores never warn
+])
+def test_offset_scores_hint(mean, std, warns):
+    from tether.rewards.base import offset_scores_hint
+
+    hint = offset_scores_hint(mean, std)
+    assert (hint is not None) == warns
+    if warns:
+        assert "whiten_scores=True" in hint and f"{mean:.4g}" in hint

@@ -163,3 +163,17 @@ def test_trl_log_stats_writes_the_batch_next_to_the_metrics(tmp_path, model, tok
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["score"], r["iteration"]) for r in rows] == [("hi", 1.0, 1), ("yo", 2.0, 1)]
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+def test_offset_scores_warn_once_unless_whitened(model, tokenizer, caplog):
+    offset = [100.0, 101.0, 102.0, 103.0]  # like the seed's len(r): mean 101.5, std 1.3
+    trainer = make_trainer(model, tokenizer, ppo_epochs=1)
+    for _ in range(2):
+        trainer.step(PROMPTS, trainer.generate(PROMPTS), offset)
+    assert caplog.text.count("whiten_scores=True") == 1  # once per trainer, not every step
+    caplog.clear()
+    trainer = make_trainer(model, tokenizer, ppo_epochs=1, whiten_scores=True)
+    trainer.step(PROMPTS, trainer.generate(PROMPTS), offset)
+    trainer = make_trainer(model, tokenizer, ppo_epochs=1)
+    trainer.step(PROMPTS, trainer.generate(PROMPTS), [0.5, -0.2, 0.1, 0.3])  # centred: no warning
+    assert "whiten_scores" not in caplog.text

@@ -47,6 +47,21 @@ def check_scores(scores: Any, expected: int, source: str = "reward") -> torch.Te
     return values
 
 
+def offset_scores_hint(mean: float, std: float) -> str | None:
+    """A warning for scores far from zero relative to their spread, else None.
+
+    mean, std: of one batch's raw scores (reward units). Scores like ``len(r)`` (mean ≈ 190, std ≈ 50)
+    put a large constant into every return; with a critic that starts untrained the whitened
+    advantages then mostly encode each token's distance from the end of its response, and PPO learns
+    little. Triggers when ``|mean| > 1`` and ``|mean| > 2·std``.
+    """
+    if abs(mean) <= 1.0 or abs(mean) <= 2.0 * std:
+        return None
+    return (f"the reward's scores average {mean:.4g} with a spread (std) of only {std:.4g} over the batch: "
+            f"with a critic that starts untrained, PPO learns little from such an offset. Set whiten_scores=True "
+            f"(scores to mean 0, std 1 per batch) or return scores centred near 0.")
+
+
 def call_reward(fn: Callable, prompts: Sequence[Prompt], completions: Sequence[str]) -> torch.Tensor:
     """Call a user reward function and validate what it returns; errors name the function."""
     name = getattr(fn, "__qualname__", None) or type(fn).__name__

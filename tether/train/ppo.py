@@ -43,7 +43,7 @@ from ..data.prompts import DataError, left_pad, limit_prompt_lengths, load_promp
 from ..models.critic import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_size_of, is_peft, unwrap_peft
 from ..models.forward import critic_values, response_forward
 from ..models.loading import BASE_FILE, prepare_tokenizer
-from ..rewards.base import NonFiniteRewardError, RewardError, call_reward, check_scores
+from ..rewards.base import NonFiniteRewardError, RewardError, call_reward, check_scores, offset_scores_hint
 from ..rollout import Experience, HFEngine, Rollout, SamplingParams
 from ..rollout.types import padding_bounds
 from ..tracking import (checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints,
@@ -166,6 +166,7 @@ class PPOTrainer:
         self.report_to = check_report_to(report_to)
         self.sink = self._make_sink(log_dir) if log_dir else None
         self.iteration = 0
+        self._warned_offset_scores = False
         self.scoring_temperature = config.temperature
         self._sampled: dict = {}  # (repr(prompt), completion text) -> sampled ids, filled by generate()
         self._prompt_ids: dict = {}  # repr(prompt) -> prompt ids, so step() does not re-tokenise
@@ -572,6 +573,11 @@ class PPOTrainer:
             scores.float(), masked_sum(kl, mask, dim=1), rewards.sum(1), mask.sum(1).float(),
             rollout.ended.float(), masked_sum(entropy, mask, dim=1)], dim=1))
         row_scores, kl_per_seq, rlhf, lengths, ended, entropy_sums = rows.unbind(1)
+        if not cfg.whiten_scores and not self._warned_offset_scores and row_scores.numel() > 1:
+            self._warned_offset_scores = True  # once per trainer: the first batch tells
+            hint = offset_scores_hint(row_scores.mean().item(), row_scores.std().item())
+            if hint and self.dist.is_main:
+                logger.warning(hint)
         stats = {
             "objective/kl": kl_per_seq.mean().item(),
             "objective/kl_coef": float(self.kl_ctl.value),
