@@ -68,12 +68,11 @@ class Experience:
         Exact: left padding is masked out of attention and position ids count real tokens only;
         trailing columns come after every valid token, so causal attention never sees them.
         """
-        start, length = padding_bounds(self.attention_mask, self.response_mask)
-        end = self.input_ids.shape[1] - (self.response_len - length)
+        input_ids, attention_mask, length = trim_padding_columns(self.input_ids, self.attention_mask,
+                                                                 self.response_mask)
         per_token = {f.name: getattr(self, f.name)[:, :length] for f in fields(self)
                      if f.name not in ("input_ids", "attention_mask")}
-        return Experience(input_ids=self.input_ids[:, start:end], attention_mask=self.attention_mask[:, start:end],
-                          **per_token)
+        return Experience(input_ids=input_ids, attention_mask=attention_mask, **per_token)
 
     @property
     def response_len(self) -> int:
@@ -92,3 +91,11 @@ def padding_bounds(attention_mask: torch.Tensor, response_mask: torch.Tensor) ->
     length = int(valid[-1]) + 1 if valid.numel() else 1
     return start, length
 
+
+def trim_padding_columns(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``input_ids`` and ``attention_mask`` (``[b, P + T]``) without their all-padding columns
+    (``[b, P' + T']``, see ``padding_bounds``), and the kept response length ``T'``."""
+    start, length = padding_bounds(attention_mask, response_mask)
+    end = input_ids.shape[1] - (response_mask.shape[1] - length)
+    return input_ids[:, start:end], attention_mask[:, start:end], length

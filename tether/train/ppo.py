@@ -45,7 +45,7 @@ from ..models.forward import critic_values, response_forward
 from ..models.loading import BASE_FILE, prepare_tokenizer
 from ..rewards.base import NonFiniteRewardError, RewardError, call_reward, check_scores, offset_scores_hint
 from ..rollout import Experience, HFEngine, Rollout, SamplingParams
-from ..rollout.types import padding_bounds
+from ..rollout.types import trim_padding_columns
 from ..tracking import (checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints,
                         truncate_jsonl, write_atomically, write_json)
 from ..tracking.model_card import write_model_card
@@ -537,9 +537,7 @@ class PPOTrainer:
         logprobs, ref_logprobs, values, entropy = [], [], [], []
         for rows in torch.arange(input_ids.shape[0], device=self.device).split(cfg.micro_batch_size):
             # drop the columns that are padding in every row of this micro-batch; pad the outputs back to T
-            start, t = padding_bounds(attention_mask[rows], mask[rows])
-            end = input_ids.shape[1] - (T - t)
-            ids, attn = input_ids[rows, start:end], attention_mask[rows, start:end]
+            ids, attn, t = trim_padding_columns(input_ids[rows], attention_mask[rows], mask[rows])
             out = response_forward(self.policy, ids, attn, t, self.scoring_temperature, self.value_head,
                                    with_entropy=True)
             with self._reference() as ref:
