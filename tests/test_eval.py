@@ -50,3 +50,14 @@ def test_eval_command_writes_json_and_markdown(tmp_path, model, tokenizer, capsy
     assert json.loads((out / "eval.json").read_text())["summary"] == {k: v for k, v in printed.items() if k != "written"}
     assert "| prompt | completion | reward | baseline completion |" in (out / "eval.md").read_text()
     assert main(["eval", "--model", str(tmp_path / "a"), "--prompts", str(prompts)]) == 2  # no reward given
+
+
+def test_win_rate_interval_is_the_wilson_interval():
+    from tether.evaluation import win_rate_interval
+
+    # 31 wins of 48: p = 0.6458; by hand, z = 1.96: centre (p + z²/2n) / (1 + z²/n) = 0.6352,
+    # half-width z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n) = 0.1306
+    low, high = win_rate_interval([1.0] * 31 + [0.0] * 17)
+    assert (low, high) == pytest.approx((0.5045, 0.7658), abs=2e-4)
+    assert win_rate_interval([1.0] * 10)[1] == 1.0 and win_rate_interval([1.0] * 10)[0] > 0.69
+    assert win_rate_interval([0.5] * 4) == pytest.approx((0.15, 0.85), abs=1e-3)  # ties: p = ½, half-width 0.350

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 logger = logging.getLogger("tether")
@@ -379,20 +380,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+from .train.faults import NumericalError  # noqa: E402  (torch only; the CLI imports it anyway)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .data.prompts import DataError
-    from .rewards.base import RewardError
-    from .train.faults import NumericalError
+    """Run a subcommand. User errors (bad paths, files, options, models, rules, resume points) end in
+    one ``tether: error:`` line naming the culprit and exit code 2; ``-v`` adds the traceback."""
     from .train.signals import TrainingInterrupted
 
     args = make_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return args.func(args)
-    except (ConfigError, DataError, RewardError, NumericalError, FileNotFoundError) as err:
-        print(f"tether: error: {err}", file=sys.stderr)
-        return 2
     except TrainingInterrupted as stop:
         print(f"tether: stopped by {stop.signal_name}; checkpoint {stop.checkpoint}; continue with "
               f"the same command and --resume", file=sys.stderr)
@@ -400,6 +399,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
         return 130
+    except USER_ERRORS as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"tether: error: {one_line(err)}" + ("" if args.verbose else "  (-v shows the traceback)"),
+              file=sys.stderr)
+        return 2
+
+
+# what bad input raises: our own errors (ConfigError, DataError, RewardError are ValueErrors), a path
+# or model that cannot be loaded (OSError), an optional package that is missing (ImportError), and
+# NumericalError (a run that diverged, after its checkpoint was written)
+USER_ERRORS = (ValueError, OSError, ImportError, NumericalError)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (transformers' messages run over several)."""
+    text = str(err).strip() or type(err).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == "__main__":  # pragma: no cover

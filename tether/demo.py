@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from .config import ConfigError, ModelConfig, PPOConfig, RewardConfig, from_dict, parse_override, to_dict
+from .evaluation import win_rate_interval
 from .models.loading import LoraSettings
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,8 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
     kls = trainer.sequence_kl(held_out, trained_completions)
     gold_base, gold_trained = gold(held_out, base_completions), gold(held_out, trained_completions)
     rm_base, rm_trained = scorer(held_out, base_completions), scorer(held_out, trained_completions)
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(gold_trained, gold_base))
+    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(gold_trained, gold_base)]
+    wins, (win_low, win_high) = sum(outcomes), win_rate_interval(outcomes)
     t = stage("evaluate", t)
 
     # 6. outputs -----------------------------------------------------------------------------------
@@ -281,6 +283,7 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
         "gold_score_base": round(_mean(gold_base), 4),
         "gold_score_trained": round(_mean(gold_trained), 4),
         "gold_win_rate": round(wins / len(held_out), 4),
+        "gold_win_rate_ci95": [round(win_low, 4), round(win_high, 4)],
         "rm_score_base": round(_mean(rm_base), 4),
         "rm_score_trained": round(_mean(rm_trained), 4),
         "kl": round(_mean(kls), 4),
@@ -326,7 +329,9 @@ def write_report(path: Path, summary: dict, config: DemoConfig, prompts, base, t
          f"(untrained {summary['rm_accuracy_untrained']:.3f}; {summary['rm_pairs_train']} train / "
          f"{summary['rm_pairs_eval']} held-out pairs)"),
         ("gold score, base → trained", f"{summary['gold_score_base']:.3f} → {summary['gold_score_trained']:.3f}"),
-        ("gold win rate, trained vs base", f"{summary['gold_win_rate']:.3f}"),
+        ("gold win rate, trained vs base", f"{summary['gold_win_rate']:.3f} (95 % interval "
+         f"{summary['gold_win_rate_ci95'][0]:.2f}–{summary['gold_win_rate_ci95'][1]:.2f}, "
+         f"{summary['heldout_prompts']} prompts)"),
         ("learned reward, base → trained", f"{summary['rm_score_base']:.3f} → {summary['rm_score_trained']:.3f}"),
         ("KL(trained ‖ reference), nats per response", f"{summary['kl']:.3f}"),
         ("PPO iterations", str(summary["iterations"])),

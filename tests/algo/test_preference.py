@@ -12,10 +12,10 @@ def test_bradley_terry_loss_matches_hand_computed_values():
     loss, stats = bradley_terry_loss(chosen, rejected)
     # -log σ(1) = log(1 + e^-1); -log σ(0) = log 2; -log σ(-2) = log(1 + e^2)
     expected = [math.log1p(math.exp(-1)), math.log(2), math.log1p(math.exp(2))]
-    assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-6)
+    assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-5)  # float32 log-sigmoid against Python floats
     assert stats["correct"].item() == 1.5  # one right, one tie (½), one wrong
     assert stats["gap"].item() == pytest.approx(1 + 0 - 2)
-    assert stats["loss"].item() == pytest.approx(sum(expected), rel=1e-6)
+    assert stats["loss"].item() == pytest.approx(sum(expected), rel=1e-5)  # float32 log-sigmoid against Python floats
 
 
 def test_margin_asks_for_a_larger_gap():

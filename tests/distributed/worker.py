@@ -18,6 +18,7 @@ GLOBAL_BATCH = 8
 QUERIES = [f"question {i}: {'why ' * (i % 3)}" for i in range(GLOBAL_BATCH)]
 RESPONSES = ["yes", "no way", "a longer answer here", "ok", "fine then", "b", "maybe so", "sure thing!"]
 SCORES = [0.5, -1.0, 2.0, 0.0, 1.5, -0.5, 0.25, 1.0]
+SGD_LR = 1.0
 VARIANTS = {
     "separate-critic": dict(),
     "value-head+adaptive-kl+whitened-scores": dict(value_model="head", adaptive_kl=True, kl_target=0.01,
@@ -33,9 +34,14 @@ def run_variant(name: str, dist: Distributed) -> dict:
     if name.startswith("lora"):
         model = apply_lora(model, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     per_rank = GLOBAL_BATCH // dist.world_size
-    config = PPOConfig(batch_size=per_rank, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-2, seed=0,
+    config = PPOConfig(batch_size=per_rank, mini_batch_size=2, ppo_epochs=1, seed=0,
                        **VARIANTS[name])
     trainer = PPOTrainer(config, model, tokenizer)
+    # plain SGD for this check: its update is lr x gradient, so parameters agree as closely as the
+    # gradients do. AdamW divides by sqrt(v): on near-zero gradients it turns float noise (which
+    # differs between 1 and 2 processes, and between AVX2 and AVX-512 kernels) into full-size steps.
+    trainer.optimizer = torch.optim.SGD([{"params": g["params"]} for g in trainer.optimizer.param_groups], lr=SGD_LR)
+    initial = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
     rows = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
     stats = []
     for step in range(2):
@@ -48,7 +54,7 @@ def run_variant(name: str, dist: Distributed) -> dict:
                 grads.update({f"critic.{n}": p.grad.clone() for n, p in critic.named_parameters()})
     params = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
     return {"stats": [{k: v for k, v in s.items() if not k.startswith("time/")} for s in stats],
-            "grads": grads, "params": params}
+            "grads": grads, "params": params, "initial": initial}
 
 
 def run_train(out: Path, dist: Distributed) -> None:

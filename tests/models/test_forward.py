@@ -75,3 +75,23 @@ def test_dropout_is_off_in_scoring(tokenizer):
     a = response_forward(trainer.policy, ids, torch.ones_like(ids), 2, 1.0).logprobs
     b = response_forward(trainer.policy, ids, torch.ones_like(ids), 2, 1.0).logprobs
     assert torch.equal(a, b)
+
+
+def test_bf16_logits_are_upcast_before_the_temperature_division(model, tokenizer):
+    """Dividing bf16 logits by T in bf16 rounds every logit (~0.4 % relative): the logprobs must be
+    those of float32(logits) / T, to float32 rounding of the log-softmax."""
+    from tether.algo import logprobs_from_logits
+
+    model = model.to(torch.bfloat16)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # logits of a trained model's size (tens), where bf16 rounding shows
+    ids = torch.tensor([tokenizer("a prompt and its response", add_special_tokens=False)["input_ids"]])
+    mask = torch.ones_like(ids)
+    got = response_forward(model, ids, mask, 8, temperature=0.7).logprobs
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, -9:-1]
+    upcast_first = logprobs_from_logits(logits.float() / 0.7, ids[:, -8:])
+    divided_in_bf16 = logprobs_from_logits(logits / 0.7, ids[:, -8:])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, upcast_first, rtol=0, atol=1e-4)
+    assert (divided_in_bf16 - upcast_first).abs().max() > 1e-3  # the check can tell the two apart

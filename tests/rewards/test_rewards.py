@@ -30,7 +30,7 @@ def test_reward_model_with_its_own_tokenizer_scores_text(tokenizer):
     rm = tiny_reward_model(rm_tokenizer)
     scorer = RewardModelScorer(rm, rm_tokenizer, shift=1.0, scale=2.0)
     scores = scorer(["prompt one", [{"role": "user", "content": "two"}]], ["answer", "another answer"])
-    enc = rm_tokenizer("prompt one", "answer", return_tensors="pt")
+    enc = rm_tokenizer("prompt one\nanswer", return_tensors="pt")  # no pair template: joined by a newline
     expected = (rm(**enc).logits[0, 0].item() - 1.0) / 2.0
     assert scores[0] == pytest.approx(expected, rel=1e-5)
 

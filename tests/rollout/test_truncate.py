@@ -18,3 +18,13 @@ def test_empty_response_is_rejected_with_row():
         Rollout(torch.ones(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.bool),
                 torch.ones(2, 3, dtype=torch.long), torch.tensor([[True, False, False], [False] * 3]),
                 torch.zeros(2, dtype=torch.bool))
+
+
+def test_padding_is_never_a_stop_even_when_pad_is_eos():
+    eos = 2
+    ids = torch.tensor([[5, 6, eos, eos], [5, eos, 7, eos], [9, 4, 3, 1]])
+    valid = torch.tensor([[True, True, False, False], [True, True, True, False], [True] * 4])
+    out, mask, ended = truncate_after_stop(ids, stop_ids=[eos], pad_token_id=eos, valid=valid)
+    assert mask.tolist() == [[True, True, False, False], [True, True, False, False], [True] * 4]
+    assert ended.tolist() == [False, True, False]  # row 0 never produced EOS: its padding does not count
+    assert out.tolist() == [[5, 6, eos, eos], [5, eos, eos, eos], [9, 4, 3, 1]]

@@ -38,7 +38,9 @@ def grads_of_one_step(model, tokenizer, micro, accumulation, aggregation="token-
 def test_gradient_does_not_depend_on_micro_batch_split(model, tokenizer, aggregation):
     one_grads, one = grads_of_one_step(model, tokenizer, micro=8, accumulation=1, aggregation=aggregation)
     acc_grads, acc = grads_of_one_step(model, tokenizer, micro=1, accumulation=8, aggregation=aggregation)
-    assert acc["loss_total"] == pytest.approx(one["loss_total"], rel=1e-5, abs=1e-7)
+    # sums over other micro-batch shapes: other matmul blockings (and AVX2 vs AVX-512 kernels) round
+    # differently, ~1e-7 relative; a wrong normalisation changes the loss by a factor
+    assert acc["loss_total"] == pytest.approx(one["loss_total"], rel=1e-4, abs=1e-6)
     assert len(one_grads) == len(acc_grads) > 0
     for a, b in zip(one_grads, acc_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -52,8 +54,8 @@ def test_learning_rate_zero_leaves_policy_unchanged(model, tokenizer):
         responses = trainer.generate(PROMPTS)
         stats = trainer.step(PROMPTS, responses, [float(len(r)) for r in responses])
         # training micro-batches drop other padding columns than the scoring ones, so the same
-        # weights give logprobs equal up to float rounding (~1e-7), not bit for bit
-        assert stats["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        # weights give logprobs equal up to float rounding (~1e-7, kernel-dependent), not bit for bit
+        assert stats["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
         assert stats["policy/approxkl"] < 1e-10 and stats["policy/clipfrac"] == 0.0
         assert stats["objective/kl"] == 0.0  # policy and reference score identical inputs
     after = trainer.policy.state_dict()

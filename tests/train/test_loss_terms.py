@@ -59,6 +59,13 @@ def test_critic_initialised_from_reward_model(model, tokenizer):
     ids = torch.tensor([[5, 6, 7]])
     values = trainer.critic(ids, torch.ones_like(ids), torch.arange(3)[None])
     torch.testing.assert_close(values[0, -1], rm(input_ids=ids).logits[0, 0], rtol=1e-5, atol=1e-5)
+    # a normalised reward model (score = (logit - shift) / scale): the critic starts on the score's scale
+    from tether.rewards import RewardModelScorer
+
+    scorer = RewardModelScorer(rm, tokenizer, shift=2.0, scale=4.0)
+    trainer = PPOTrainer(PPOConfig(batch_size=8, critic_init="reward_model"), model, tokenizer, reward_model=scorer)
+    values = trainer.critic(ids, torch.ones_like(ids), torch.arange(3)[None])
+    torch.testing.assert_close(values[0, -1], (rm(input_ids=ids).logits[0, 0] - 2.0) / 4.0, rtol=1e-5, atol=1e-5)
     other = tiny_tokenizer(chat_template=False)
     other.add_tokens(["<extra>"])
     with pytest.raises(ValueError, match="needs a reward model with the policy's tokenizer"):

@@ -86,17 +86,46 @@ def test_generate_rejects_greedy_and_unknown_kwargs(model, tokenizer):
     trainer = make_trainer(model, tokenizer)
     with pytest.raises(ValueError, match="do_sample=False"):
         trainer.generate(PROMPTS, do_sample=False)
-    with pytest.raises(TypeError, match="unsupported arguments \\['num_beams'\\]"):
-        trainer.generate(PROMPTS, num_beams=4)
+    with pytest.raises(TypeError, match="unsupported arguments \\['colour'\\]"):
+        trainer.generate(PROMPTS, colour="blue")
+    for off_policy in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"num_beams": 4}):
+        with pytest.raises(ValueError, match=f"{next(iter(off_policy))}.*another distribution"):
+            trainer.generate(PROMPTS, **off_policy)
 
 
-def test_generate_temperature_becomes_scoring_temperature(model, tokenizer):
-    """Sampling at one temperature and scoring at another gives a negative KL (a TRL bug)."""
+def test_step_scores_each_batch_at_the_temperature_it_was_sampled_with(model, tokenizer):
+    """Old logprobs must be of the distribution that was sampled, also when an evaluation generate()
+    at another temperature comes between sampling and step(), in text and tensor form."""
+    from tether.models.forward import response_forward
+
     trainer = make_trainer(model, tokenizer, learning_rate=0.0, temperature=0.7)
-    responses = trainer.generate(PROMPTS, temperature=1.3)
-    assert trainer.scoring_temperature == 1.3
-    stats = trainer.step(PROMPTS, responses, [0.0] * 4)
-    assert stats["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    seen = []
+    real = trainer.make_experience
+    trainer.make_experience = lambda rollout, scores: seen.append(real(rollout, scores)) or seen[-1]
+    queries = [torch.tensor(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS]
+    for form in (PROMPTS, queries):
+        responses = trainer.generate(form, temperature=1.3, return_prompt=False)
+        trainer.generate(form, temperature=0.2)  # evaluation samples in between
+        trainer.step(form, responses, [0.0] * 4)
+        experience = seen[-1][0]
+        assert experience.temperature == 1.3
+        # independent check of the old logprobs: the same rows scored at 1.3 by hand
+        with torch.no_grad():
+            by_hand = response_forward(model, experience.input_ids, experience.attention_mask,
+                                       experience.response_len, 1.3).logprobs
+        mask = experience.response_mask
+        torch.testing.assert_close(experience.logprobs[mask], by_hand[mask], rtol=1e-4, atol=1e-5)
+    # responses not from generate(): the configured temperature
+    trainer.step(PROMPTS, ["yes", "no", "maybe", "ok"], [0.0] * 4)
+    assert seen[-1][0].temperature == 0.7
+
+
+def test_one_step_batch_cannot_mix_temperatures(model, tokenizer):
+    trainer = make_trainer(model, tokenizer)
+    hot = trainer.generate(PROMPTS[:2], temperature=1.3)
+    cold = trainer.generate(PROMPTS[2:], temperature=0.5)
+    with pytest.raises(ValueError, match="different temperatures"):
+        trainer.step(PROMPTS, hot + cold, [0.0] * 4)
 
 
 def test_stop_token_ends_responses(model, tokenizer):
@@ -138,10 +167,10 @@ def test_sequence_kl_is_zero_before_training_and_matches_a_manual_sum_after(mode
         p = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                           add_generation_prompt=True)
         p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        r_ids = trainer._sampled[(repr(prompt), completion)]
+        r_ids = trainer._sampled.get((repr(prompt), completion))
         ids = torch.tensor([p_ids + r_ids])
         with torch.no_grad():
-            lp = [logprobs_from_logits(m(ids).logits[:, len(p_ids) - 1 : -1] / trainer.scoring_temperature,
+            lp = [logprobs_from_logits(m(ids).logits[:, len(p_ids) - 1 : -1] / trainer.config.temperature,
                                        ids[:, len(p_ids):]).sum().item()
                   for m in (trainer.policy, trainer.ref_model)]
         assert kl == pytest.approx(lp[0] - lp[1], abs=1e-4)
@@ -177,3 +206,16 @@ def test_offset_scores_warn_once_unless_whitened(model, tokenizer, caplog):
     trainer = make_trainer(model, tokenizer, ppo_epochs=1)
     trainer.step(PROMPTS, trainer.generate(PROMPTS), [0.5, -0.2, 0.1, 0.3])  # centred: no warning
     assert "whiten_scores" not in caplog.text
+
+
+def test_step_with_pad_equal_to_eos_does_not_end_responses_that_never_produced_eos(model, tokenizer):
+    """Right padding with the EOS id must not count as a stop: those rows get missing_eos_score."""
+    tokenizer.pad_token = tokenizer.eos_token
+    trainer = make_trainer(model, tokenizer, missing_eos_score=-1.0, learning_rate=0.0)
+    queries = [torch.tensor(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS]
+    responses = [torch.tensor(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in ("a", "bb", "ccc", "dddd")]
+    stats = trainer.step(queries, responses, [1.0, 0.5, 0.0, 0.0])
+    assert stats["tokens/ended_frac"] == 0.0
+    assert stats["tokens/response_len_mean"] == pytest.approx(2.5)
+    # KL is 0 on the first step (policy == reference): the reward is the penalty score alone
+    assert stats["objective/rlhf_reward"] == pytest.approx(-1.0, abs=1e-5)

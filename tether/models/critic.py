@@ -64,20 +64,24 @@ class ValueModel(nn.Module):
         return cls(backbone, ValueHead(hidden_size_of(base.config)))
 
     @classmethod
-    def from_reward_model(cls, reward_model) -> ValueModel:
+    def from_reward_model(cls, reward_model, shift: float = 0.0, scale: float = 1.0) -> ValueModel:
         """A critic initialised from a sequence-classification reward model (backbone + score head).
 
         The TL;DR recipe [H24] initialises the critic this way. The reward model must share the
-        policy's tokenizer: values are read per policy token.
+        policy's tokenizer: values are read per policy token. ``shift``/``scale``: the reward model's
+        stored normalisation ``score = (logit − shift) / scale`` [Z19], folded into the head so the
+        critic starts on the scale of the scores it learns to predict.
         """
+        if not scale > 0:
+            raise ValueError(f"reward normalisation scale must be > 0, got {scale}")
         rm = copy.deepcopy(reward_model)
         backbone = rm.base_model
         head = ValueHead(hidden_size_of(rm.config))
         score = getattr(rm, "score", None)
         if isinstance(score, nn.Linear) and score.out_features == 1:
-            head.summary.weight.data.copy_(score.weight.data.float())
-            if score.bias is not None:
-                head.summary.bias.data.copy_(score.bias.data.float())
+            head.summary.weight.data.copy_(score.weight.data.float() / scale)
+            bias = score.bias.data.float() if score.bias is not None else torch.zeros(1)
+            head.summary.bias.data.copy_((bias - shift) / scale)
         else:
             raise ValueError(
                 f"critic_init='reward_model' needs a decoder reward model with a linear 'score' head; "

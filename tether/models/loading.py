@@ -40,6 +40,7 @@ def from_pretrained_safely(auto_class, name_or_path: str, **kwargs):
 
     Pickle-based checkpoints (``pytorch_model.bin``) can run code when unpickled; tether refuses them
     with an error that says how to convert them once, in an environment the user trusts."""
+    check_model_source(name_or_path, kwargs.get("gguf_file"))
     if not kwargs.get("gguf_file"):
         kwargs["use_safetensors"] = True
     try:
@@ -51,6 +52,33 @@ def from_pretrained_safely(auto_class, name_or_path: str, **kwargs):
                 "(pytorch_model.bin can run code when loaded); if you trust the file, convert it once: "
                 f"{auto_class.__name__}.from_pretrained(path).save_pretrained(path)") from None
         raise
+
+
+MODEL_MARKERS = ("config.json", "adapter_config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def check_model_source(name_or_path: str, gguf_file: str | None = None) -> None:
+    """Fail early, naming the path, when a local model path does not exist or holds no model.
+
+    A name that looks like a Hub id (``org/name``) and is not a local path is left to transformers."""
+    path = Path(name_or_path).expanduser()
+    local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists() or name_or_path.count("/") > 1
+    if not local:
+        return
+    if not path.exists():
+        raise FileNotFoundError(f"{name_or_path}: no such file or directory (expected a model directory, "
+                                "a .gguf file or a Hugging Face model id)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise FileNotFoundError(f"{name_or_path}: a file, but not a .gguf model; give the model's directory")
+        return
+    if gguf_file is not None:
+        if not (path / gguf_file).is_file():
+            raise FileNotFoundError(f"{path / gguf_file}: no such GGUF file")
+        return
+    if not any((path / marker).exists() for marker in MODEL_MARKERS) and not any(path.glob("*.gguf")):
+        raise FileNotFoundError(f"{name_or_path}: no model in this directory (expected {MODEL_MARKERS[0]}, "
+                                f"{MODEL_MARKERS[1]} or a .gguf file)")
 
 
 def _split_gguf(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
@@ -70,6 +98,7 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote
     from transformers import AutoTokenizer
 
     name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    check_model_source(name_or_path, gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     prepare_tokenizer(tokenizer)

@@ -20,16 +20,68 @@ def prompt_text(prompt: Prompt) -> str:
     return "\n".join(str(m.get("content", "")) for m in prompt)
 
 
-def encode_pairs(tokenizer, prompts: Sequence[Prompt], completions: Sequence[str], max_length: int):
-    """Tokenise (prompt text, completion) as a text pair, right-padded, for a sequence classifier.
+# joins prompt and completion for tokenizers that have no pair template (GPT-2, Llama-3, SmolLM2 ...):
+# without it the two texts would run into each other ("...capital?Paris")
+PAIR_SEPARATOR = "\n"
 
-    Training and scoring both go through here, so a reward model sees the same inputs in both.
-    Over ``max_length`` the longer of the two is trimmed first (in practice the prompt), so the
-    completion — what the reward judges — is kept whole whenever it fits.
+
+def has_pair_template(tokenizer) -> bool:
+    """True when the tokenizer marks the boundary of a text pair itself (BERT's ``[SEP]``, a BOS
+    between the two, ...): encoding a pair adds more special tokens than encoding one text."""
+    return tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add(pair=False)
+
+
+def _last_tokens_of(texts: Sequence[str], tokenizer, keep: Sequence[int]) -> list[str]:
+    """Each text cut to (about) its last ``keep[i]`` tokens, at a token boundary (character offsets
+    of a fast tokenizer; decoded ids otherwise)."""
+    try:
+        enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError):  # slow tokenizers have no offsets
+        enc = None
+    out = []
+    for i, (text, k) in enumerate(zip(texts, keep)):
+        ids = enc["input_ids"][i] if enc is not None else tokenizer(text, add_special_tokens=False)["input_ids"]
+        if k >= len(ids):
+            out.append(text)
+        elif k <= 0:
+            out.append("")
+        elif enc is not None:
+            out.append(text[enc["offset_mapping"][i][len(ids) - k][0]:])
+        else:
+            out.append(tokenizer.decode(ids[len(ids) - k:]))
+    return out
+
+
+def encode_pairs(tokenizer, prompts: Sequence[Prompt], completions: Sequence[str], max_length: int):
+    """Tokenise (prompt text, completion) for a sequence classifier, right-padded, ``max_length`` at most.
+
+    Training (``RewardTrainer``) and scoring (``RewardModelScorer``) both go through here, so a
+    reward model sees the same inputs in both. The two texts are encoded as a pair when the
+    tokenizer has a pair template (``[CLS] prompt [SEP] completion [SEP]``); otherwise they are
+    joined with ``PAIR_SEPARATOR``. Over ``max_length``, what is dropped is the *start* of the
+    prompt: the completion — what the reward judges — is kept whole, and the end of the prompt (the
+    question itself, after any preamble) with it. A completion longer than three quarters of the
+    window keeps its end, after the last quarter of the prompt. The tokenizer is not changed (it may
+    be shared with the policy, which pads on the left).
     """
-    tokenizer.padding_side = "right"
-    return tokenizer([prompt_text(p) for p in prompts], list(completions), truncation="longest_first",
-                     max_length=max_length, padding=True, return_tensors="pt")
+    prompts = [prompt_text(p) for p in prompts]
+    completions = list(completions)
+    paired = has_pair_template(tokenizer)
+    separator_len = 0 if paired else len(tokenizer(PAIR_SEPARATOR, add_special_tokens=False)["input_ids"])
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=paired) - separator_len
+    if budget < 2:
+        raise ValueError(f"max_length={max_length} leaves no room for a prompt and a completion")
+    p_len = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    c_len = [len(ids) for ids in tokenizer(completions, add_special_tokens=False)["input_ids"]]
+    keep_c = [min(c, budget - min(p, budget // 4)) for p, c in zip(p_len, c_len)]
+    keep_p = [min(p, budget - c) for p, c in zip(p_len, keep_c)]
+    if any(kp < p or kc < c for p, c, kp, kc in zip(p_len, c_len, keep_p, keep_c)):
+        prompts = _last_tokens_of(prompts, tokenizer, keep_p)
+        completions = _last_tokens_of(completions, tokenizer, keep_c)
+    common = dict(truncation=True, max_length=max_length, padding=True, padding_side="right", return_tensors="pt")
+    if paired:  # truncation only guards against a re-tokenised cut being a token longer
+        return tokenizer(prompts, completions, **common)
+    return tokenizer([p + PAIR_SEPARATOR + c for p, c in zip(prompts, completions)], **common)
 
 
 def save_normalization(directory: str | Path, shift: float, scale: float, **info) -> None:

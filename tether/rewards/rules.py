@@ -6,6 +6,7 @@ Each rule is a plain function ``(prompts, completions, **args) -> list[float]``.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from typing import Callable, Sequence
 
@@ -65,6 +66,19 @@ def make_rule(name: str, args: dict | None = None) -> Callable:
     """The rule ``name`` with its keyword ``args`` bound; the error lists the known rules."""
     if name not in RULES:
         raise ValueError(f"reward.rule: unknown rule {name!r}; known rules: {sorted(RULES)}")
-    fn = functools.partial(RULES[name], **(args or {}))
+    args = dict(args or {})
+    params = {p.name: p for p in list(inspect.signature(RULES[name]).parameters.values())[2:]}
+    for key, value in args.items():
+        if key not in params:
+            raise ValueError(f"reward.rule_args.{key}: rule {name!r} takes no argument {key!r}; "
+                             f"its arguments: {sorted(params) or 'none'}")
+        default = params[key].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"reward.rule_args.{key}: expected a positive number, got {value!r}")
+        elif isinstance(default, (tuple, list)) and not (
+                isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value)):
+            raise ValueError(f"reward.rule_args.{key}: expected a non-empty list of strings, got {value!r}")
+    fn = functools.partial(RULES[name], **args)
     fn.__qualname__ = f"rule:{name}"  # type: ignore[attr-defined]
     return fn

@@ -36,19 +36,25 @@ class Engine(Protocol):
         """Make the engine sample from ``model``'s current weights."""
 
 
-def truncate_after_stop(response_ids: torch.Tensor, stop_ids: list[int], pad_token_id: int):
+def truncate_after_stop(response_ids: torch.Tensor, stop_ids: list[int], pad_token_id: int,
+                        valid: torch.Tensor | None = None):
     """Cut each response after its first stop token (EOS or a configured stop token) [H24].
 
-    response_ids: ``[B, T]``. Returns ``(ids, mask, ended)``: ids with ``pad_token_id`` after the
-    first stop, mask ``[B, T]`` bool True up to and including it, ended ``[B]`` bool.
+    response_ids: ``[B, T]``. valid: optional ``[B, T]`` bool, True on real tokens; positions outside
+    it (right padding of responses of unequal length) are never stops, even when the pad id is the
+    EOS id, and stay outside the mask. Returns ``(ids, mask, ended)``: ids with ``pad_token_id``
+    after the first stop, mask ``[B, T]`` bool True up to and including it, ended ``[B]`` bool
+    (True only for rows whose own tokens hold a stop).
     """
+    if valid is None:
+        valid = torch.ones_like(response_ids, dtype=torch.bool)
     if stop_ids:
-        is_stop = torch.isin(response_ids, torch.tensor(stop_ids, device=response_ids.device))
+        is_stop = torch.isin(response_ids, torch.tensor(stop_ids, device=response_ids.device)) & valid
     else:
         is_stop = torch.zeros_like(response_ids, dtype=torch.bool)
     # number of stop tokens strictly before position t; valid while it is 0
     stops_before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()
-    mask = stops_before == 0
+    mask = (stops_before == 0) & valid
     ended = is_stop.any(dim=1)
     ids = torch.where(mask, response_ids, torch.full_like(response_ids, pad_token_id))
     return ids, mask, ended

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .engine import SamplingParams, truncate_after_stop
 from .types import Rollout
+
+
+@contextlib.contextmanager
+def without_checkpoint_generation_defaults(model):
+    """Hide ``model.generation_config`` while sampling.
+
+    transformers fills every field a ``GenerationConfig`` leaves unset from the model's own
+    ``generation_config`` (``repetition_penalty``, ``no_repeat_ngram_size``, ``min_p``,
+    ``typical_p``, ``bad_words_ids``, ``suppress_tokens``, ... — whatever the checkpoint ships, and
+    whatever fields later releases add). Any of them would make samples come from another
+    distribution than the ``softmax(z / T)`` that scoring computes, so the "old" logprobs would be
+    wrong. While this context is open the model's config holds transformers' global defaults only,
+    so sampling depends on tether's ``SamplingParams`` alone. ``model`` may be a peft wrapper: the
+    config of the transformers model inside is swapped.
+    """
+    from transformers import GenerationConfig
+
+    inner = model
+    if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    saved = getattr(inner, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
 
 
 class HFEngine:
@@ -21,10 +52,9 @@ class HFEngine:
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> Rollout:
         from transformers import GenerationConfig
 
-        # a fresh GenerationConfig: the model's own defaults (top_k=50, repetition penalty, ...) must
-        # not change the sampling distribution behind our back
         config = GenerationConfig(
             do_sample=True,
+            num_beams=1,
             temperature=params.temperature,
             top_k=params.top_k,
             top_p=params.top_p,
@@ -36,11 +66,12 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=config
-            )
+            with without_checkpoint_generation_defaults(self.model):
+                out = self.model.generate(
+                    input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=config
+                )
         finally:
             self.model.train(was_training)
         response = out[:, prompt_ids.shape[1] :]
         ids, mask, ended = truncate_after_stop(response, params.eos_token_ids, params.pad_token_id)
-        return Rollout(prompt_ids, prompt_mask.bool(), ids, mask, ended)
+        return Rollout(prompt_ids, prompt_mask.bool(), ids, mask, ended, temperature=params.temperature)

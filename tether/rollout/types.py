@@ -19,6 +19,9 @@ class Rollout:
     response_ids: torch.Tensor  # [B, T] long, right-padded (pad id after the first EOS/stop)
     response_mask: torch.Tensor  # [B, T] bool, True up to and including the first EOS/stop token
     ended: torch.Tensor  # [B] bool, True when the response ended with EOS/stop (not truncated)
+    # the temperature the responses were sampled at, so scoring divides the logits by the same one;
+    # None: not sampled here (user-given responses), scored at the configured temperature
+    temperature: float | None = None
 
     def __post_init__(self):
         b, p = self.prompt_ids.shape
@@ -56,10 +59,12 @@ class Experience:
     values: torch.Tensor  # [B, T] V_old(s_t), 0 where masked
     advantages: torch.Tensor  # [B, T] whitened GAE advantages, 0 where masked
     returns: torch.Tensor  # [B, T] A + V (unwhitened), 0 where masked
+    temperature: float = 1.0  # the logits of every forward on these rows are divided by it
 
     def select(self, index: torch.Tensor) -> Experience:
-        """The rows ``index`` (``[b]`` long) of every field."""
-        return Experience(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        """The rows ``index`` (``[b]`` long) of every tensor field."""
+        return Experience(**{f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "temperature"},
+                          temperature=self.temperature)
 
     def trimmed(self) -> Experience:
         """The same rows without the columns that are padding in every row: leading prompt columns
@@ -71,8 +76,9 @@ class Experience:
         input_ids, attention_mask, length = trim_padding_columns(self.input_ids, self.attention_mask,
                                                                  self.response_mask)
         per_token = {f.name: getattr(self, f.name)[:, :length] for f in fields(self)
-                     if f.name not in ("input_ids", "attention_mask")}
-        return Experience(input_ids=input_ids, attention_mask=attention_mask, **per_token)
+                     if f.name not in ("input_ids", "attention_mask", "temperature")}
+        return Experience(input_ids=input_ids, attention_mask=attention_mask, temperature=self.temperature,
+                          **per_token)
 
     @property
     def response_len(self) -> int:

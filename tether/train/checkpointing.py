@@ -109,7 +109,6 @@ def write_training_state(trainer, tmp: Path, rngs: list[dict], position: DataPos
         "iteration": trainer.iteration,
         "kl_ctl": trainer.kl_ctl.state_dict(),
         "faults": trainer.faults.state_dict(),
-        "scoring_temperature": trainer.scoring_temperature,
         "position": dataclasses.asdict(position) if position is not None else None,
         "config": dataclasses.asdict(trainer.config),
     }
@@ -151,7 +150,6 @@ def read_training_state(trainer, directory: str | Path) -> DataPosition | None:
     trainer.iteration = int(state["iteration"])
     trainer.kl_ctl.load_state_dict(state["kl_ctl"])
     trainer.faults.load_state_dict(state["faults"])
-    trainer.scoring_temperature = float(state["scoring_temperature"])
     return DataPosition(**state["position"]) if state.get("position") else None
 
 

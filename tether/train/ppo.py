@@ -57,13 +57,20 @@ from .estimators import estimate_advantages, kl_in_loss
 from .faults import FaultMonitor, NumericalError, first_nonfinite_parameter
 from .optim import make_optimizer, make_scheduler
 from .signals import StopRequests, TrainingInterrupted
-from .step_inputs import build_rollout, is_text, prompt_token_lists, response_token_lists
+from .step_inputs import SampledResponses, build_rollout, is_text, prompt_token_lists, response_token_lists
 
 logger = logging.getLogger(__name__)
 
 # generate() keyword arguments that TRL-era code passes; mapped onto SamplingParams or accepted as no-ops
 _GEN_ALIASES = {"max_new_tokens", "temperature", "top_k", "top_p", "min_new_tokens"}
 _GEN_IGNORED = {"do_sample", "pad_token_id", "eos_token_id", "min_length", "use_cache"}
+# generate() keyword arguments that would sample from another distribution than the softmax(z / T)
+# that scoring computes: the "old" logprobs would be wrong, so they are refused
+_GEN_OFF_POLICY = {"repetition_penalty", "no_repeat_ngram_size", "min_p", "typical_p", "epsilon_cutoff",
+                   "eta_cutoff", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias",
+                   "encoder_repetition_penalty", "num_beams", "num_beam_groups", "diversity_penalty",
+                   "penalty_alpha", "guidance_scale", "forced_bos_token_id", "forced_eos_token_id",
+                   "exponential_decay_length_penalty", "renormalize_logits", "top_h"}
 # generate() remembers sampled ids for step(); an evaluation loop that never calls step() must not grow it forever
 _SAMPLE_CACHE_LIMIT = 4096
 
@@ -138,7 +145,8 @@ class PPOTrainer:
             if rm is None:
                 raise ValueError("critic_init='reward_model' needs a reward_model")
             self._check_same_vocab(getattr(self.reward_fn, "tokenizer", reward_tokenizer))
-            self.critic = ValueModel.from_reward_model(rm).to(self.device).eval()
+            self.critic = ValueModel.from_reward_model(rm, shift=getattr(self.reward_fn, "shift", 0.0),
+                                                       scale=getattr(self.reward_fn, "scale", 1.0)).to(self.device).eval()
         else:
             self.critic = ValueModel.from_causal_lm(model).to(self.device).eval()
         critic_module = self.critic if self.critic is not None else self.value_head
@@ -167,8 +175,7 @@ class PPOTrainer:
         self.sink = self._make_sink(log_dir) if log_dir else None
         self.iteration = 0
         self._warned_offset_scores = False
-        self.scoring_temperature = config.temperature
-        self._sampled: dict = {}  # (repr(prompt), completion text) -> sampled ids, filled by generate()
+        self._sampled = SampledResponses()  # what generate() sampled, and at which temperature, for step()
         self._prompt_ids: dict = {}  # repr(prompt) -> prompt ids, so step() does not re-tokenise
         self._generate_seconds = 0.0
         self.faults = FaultMonitor(config.max_bad_steps)
@@ -186,7 +193,7 @@ class PPOTrainer:
         1-D tensors (TRL ≤ 0.11). Token outputs include the prompt unless ``return_prompt=False``.
         ``gen_kwargs``: max_new_tokens, temperature, top_k, top_p, min_new_tokens (others that TRL
         code passes — do_sample, pad_token_id, eos_token_id, min_length — are accepted and ignored:
-        PPO always samples). A temperature here also becomes the scoring temperature of ``step``.
+        PPO always samples). ``step`` scores these samples at the temperature they were drawn at.
         """
         single = isinstance(query, str) or (isinstance(query, torch.Tensor) and query.dim() == 1)
         queries = [query] if single else list(query)
@@ -209,9 +216,11 @@ class PPOTrainer:
             self._prompt_ids.clear()
         if text:
             completions = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-            for q, c, ids in zip(queries, completions, responses):
-                self._sampled[(repr(q), c)] = ids
+            for q, p, c, ids in zip(queries, prompt_ids, completions, responses):
+                self._sampled.remember(repr(q), p, ids, params.temperature, completion=c)
             return completions[0] if single else completions
+        for p, r in zip(prompt_ids, responses):
+            self._sampled.remember("", p, r, params.temperature)
         outs = [torch.tensor((p if return_prompt else []) + r, dtype=torch.long, device=self.device)
                 for p, r in zip(prompt_ids, responses)]
         return outs[0].unsqueeze(0) if single else outs
@@ -242,8 +251,9 @@ class PPOTrainer:
                                         self.config.use_chat_template, self._prompt_ids,
                                         self.config.prompt_overflow)
         response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
+        temperature = self._sampled.temperature_of(prompt_ids, response_ids, default=self.config.temperature)
         rollout = build_rollout(prompt_ids, response_ids, self._stop_ids(), self.tokenizer.pad_token_id,
-                                self.device)
+                                self.device, temperature)
         self._sampled.clear()
         self._prompt_ids.clear()
         stats = self._iteration(rollout, scores_t.to(self.device), generate_seconds=self._generate_seconds)
@@ -434,8 +444,9 @@ class PPOTrainer:
     @torch.no_grad()
     def sequence_kl(self, queries: Sequence[Any], responses: Sequence[Any]) -> list[float]:
         """KL of the policy to the reference on given responses, one number (nats) per response:
-        ``Σ_t log π(y_t|·) − log π_ref(y_t|·)`` over the valid response tokens, at the scoring
-        temperature. For responses sampled from the policy (``generate``) its mean is an unbiased
+        ``Σ_t log π(y_t|·) − log π_ref(y_t|·)`` over the valid response tokens, at the
+        temperature they were sampled at (``config.temperature`` for responses not from ``generate``).
+        For responses sampled from the policy (``generate``) its mean is an unbiased
         estimate of KL(π‖π_ref) per sequence, the same quantity as ``objective/kl``."""
         if len(queries) != len(responses):
             raise ValueError(f"sequence_kl: {len(queries)} queries but {len(responses)} responses")
@@ -443,15 +454,16 @@ class PPOTrainer:
                                         self.config.use_chat_template, self._prompt_ids,
                                         self.config.prompt_overflow)
         response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
+        temperature = self._sampled.temperature_of(prompt_ids, response_ids, default=self.config.temperature)
         kls: list[float] = []
         step = self.config.micro_batch_size
         for start in range(0, len(queries), step):
             rollout = build_rollout(prompt_ids[start : start + step], response_ids[start : start + step],
                                     self._stop_ids(), self.tokenizer.pad_token_id, self.device)
             ids, attn, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
-            logprobs = response_forward(self.policy, ids, attn, mask.shape[1], self.scoring_temperature).logprobs
+            logprobs = response_forward(self.policy, ids, attn, mask.shape[1], temperature).logprobs
             with self._reference() as ref:
-                ref_logprobs = response_forward(ref, ids, attn, mask.shape[1], self.scoring_temperature).logprobs
+                ref_logprobs = response_forward(ref, ids, attn, mask.shape[1], temperature).logprobs
             kls += masked_sum(logprobs - ref_logprobs, mask, dim=1).tolist()
         return kls
 
@@ -530,18 +542,20 @@ class PPOTrainer:
     @torch.no_grad()
     def make_experience(self, rollout: Rollout, scores: torch.Tensor) -> tuple[Experience, dict[str, float]]:
         """Score a rollout once (no grad, dropout off): logprobs, ref logprobs, values, then rewards,
-        GAE and whitened advantages. scores: ``[B]`` raw sequence scores."""
+        GAE and whitened advantages. scores: ``[B]`` raw sequence scores. Logits are divided by the
+        temperature the rollout was sampled at [H24] (``config.temperature`` when unknown)."""
         cfg = self.config
+        temperature = rollout.temperature if rollout.temperature is not None else cfg.temperature
         input_ids, attention_mask, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
         T = mask.shape[1]
         logprobs, ref_logprobs, values, entropy = [], [], [], []
         for rows in torch.arange(input_ids.shape[0], device=self.device).split(cfg.micro_batch_size):
             # drop the columns that are padding in every row of this micro-batch; pad the outputs back to T
             ids, attn, t = trim_padding_columns(input_ids[rows], attention_mask[rows], mask[rows])
-            out = response_forward(self.policy, ids, attn, t, self.scoring_temperature, self.value_head,
+            out = response_forward(self.policy, ids, attn, t, temperature, self.value_head,
                                    with_entropy=True)
             with self._reference() as ref:
-                ref_out = response_forward(ref, ids, attn, t, self.scoring_temperature)
+                ref_out = response_forward(ref, ids, attn, t, temperature)
             if out.values is not None:
                 row_values = out.values
             elif self.critic is not None:
@@ -565,7 +579,8 @@ class PPOTrainer:
         kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), 0.0)
         advantages, returns, rewards = estimate_advantages(cfg, shaped, kl, values, mask, self.kl_ctl.value,
                                                            all_reduce=self.dist.sum)
-        experience = Experience(input_ids, attention_mask, mask, logprobs, ref_logprobs, values, advantages, returns)
+        experience = Experience(input_ids, attention_mask, mask, logprobs, ref_logprobs, values, advantages, returns,
+                                temperature=temperature)
         # per-row numbers, gathered from every process: the statistics are those of the global batch
         rows = self.dist.gather(torch.stack([
             scores.float(), masked_sum(kl, mask, dim=1), rewards.sum(1), mask.sum(1).float(),
@@ -665,7 +680,7 @@ class PPOTrainer:
         """Loss of one micro-batch, normalised by the minibatch's global counts; backward; add stats to ``sums``."""
         cfg = self.config
         T = mb.response_len
-        out = response_forward(self._train_policy, mb.input_ids, mb.attention_mask, T, self.scoring_temperature,
+        out = response_forward(self._train_policy, mb.input_ids, mb.attention_mask, T, mb.temperature,
                                self._train_value_head, with_entropy=cfg.entropy_coef > 0)
         agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
         pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
@@ -754,6 +769,11 @@ class PPOTrainer:
         return ids
 
     def _sampling_params(self, gen_kwargs: dict, length_sampler) -> SamplingParams:
+        off_policy = sorted(set(gen_kwargs) & _GEN_OFF_POLICY)
+        if off_policy:
+            raise ValueError(f"generate: {off_policy} would sample from another distribution than the "
+                             "softmax(logits / temperature) that PPO scores, so its old logprobs would be wrong; "
+                             "sample with temperature / top_k / top_p only")
         unknown = set(gen_kwargs) - _GEN_ALIASES - _GEN_IGNORED
         if unknown:
             raise TypeError(f"generate: unsupported arguments {sorted(unknown)}; supported: "
@@ -764,11 +784,6 @@ class PPOTrainer:
         temperature = float(gen_kwargs.get("temperature", cfg.temperature))
         if temperature <= 0:
             raise ValueError(f"generate: temperature must be > 0, got {temperature}")
-        if temperature != self.scoring_temperature:
-            logger.warning("generate: temperature %.3g differs from the scoring temperature %.3g; "
-                           "step() now scores at %.3g so old and new logprobs match", temperature,
-                           self.scoring_temperature, temperature)
-            self.scoring_temperature = temperature
         max_new = length_sampler() if length_sampler is not None else gen_kwargs.get("max_new_tokens", cfg.max_new_tokens)
         return SamplingParams(
             max_new_tokens=int(max_new),

@@ -197,7 +197,7 @@ class RewardTrainer:
         over = [i for i, (p, c, r) in enumerate(zip(prompt_lens, chosen_lens, rejected_lens)) if p + max(c, r) > room]
         if over:
             first = pairs[over[0]].where or f"pair {over[0]}"
-            logger.warning("%d %s pair(s) exceed max_length=%d tokens and are truncated (longer part first); "
+            logger.warning("%d %s pair(s) exceed max_length=%d tokens and are truncated (the start of the prompt first); "
                            "first: %s", len(over), name, self.config.max_length, first)
 
 

@@ -43,7 +43,58 @@ def prompt_token_lists(queries: Sequence[Any], tokenizer, max_prompt_length: int
     return [cache[repr(q)] for q in queries]
 
 
-def response_token_lists(responses: Sequence[Any], prompt_keys: Sequence[Any], cache: dict, tokenizer):
+class SampledResponses:
+    """What ``generate`` sampled, for ``step`` to score exactly those tokens at the temperature they
+    were sampled with (an evaluation ``generate`` at another temperature in between changes nothing).
+
+    Completion strings map to their sampled ids (re-tokenising text can change them); every sample,
+    text or tensor, maps ``(prompt ids, response ids)`` to its sampling temperature. Bounded: an
+    evaluation loop that calls ``generate`` without ``step`` clears it past ``limit`` entries.
+    """
+
+    def __init__(self, limit: int = 4096):
+        self.limit = limit
+        self._ids: dict[tuple[str, str], list[int]] = {}  # (repr(prompt), completion text) -> ids
+        self._temperature: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+
+    def __len__(self) -> int:
+        return len(self._temperature)
+
+    def clear(self) -> None:
+        self._ids.clear()
+        self._temperature.clear()
+
+    def remember(self, prompt_key: str, prompt_ids: list[int], response_ids: list[int], temperature: float,
+                 completion: str | None = None) -> None:
+        if len(self) >= self.limit:
+            self.clear()
+        if completion is not None:
+            self._ids[(prompt_key, completion)] = response_ids
+        self._temperature[(tuple(prompt_ids), tuple(response_ids))] = temperature
+
+    def get(self, key: tuple[str, str]) -> list[int] | None:
+        """Sampled ids of ``(repr(prompt), completion text)``, or None."""
+        return self._ids.get(key)
+
+    def temperature_of(self, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]],
+                       default: float) -> float:
+        """The one temperature the rows were sampled at (``default`` for rows not sampled here).
+
+        Raises ``ValueError`` naming the rows when one batch mixes samples of two temperatures."""
+        found: dict[float, list[int]] = {}
+        for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+            t = self._temperature.get((tuple(p), tuple(r)))
+            if t is not None:
+                found.setdefault(t, []).append(i)
+        if len(found) > 1:
+            parts = "; ".join(f"rows {rows[:8]} at {t:g}" for t, rows in sorted(found.items()))
+            raise ValueError(f"step: the responses were sampled at different temperatures ({parts}); "
+                             "one batch is scored at one temperature")
+        return next(iter(found)) if found else default
+
+
+def response_token_lists(responses: Sequence[Any], prompt_keys: Sequence[Any], cache: SampledResponses | dict,
+                         tokenizer):
     """Token ids of each response.
 
     Strings that ``generate`` produced are looked up in ``cache`` (exact sampled ids, so
@@ -65,13 +116,13 @@ def response_token_lists(responses: Sequence[Any], prompt_keys: Sequence[Any], c
 
 
 def build_rollout(prompt_ids: list[list[int]], response_ids: list[list[int]], stop_ids: list[int],
-                  pad_id: int, device) -> Rollout:
-    """Pad prompts left and responses right, cut responses after their first stop token."""
+                  pad_id: int, device, temperature: float | None = None) -> Rollout:
+    """Pad prompts left and responses right, cut responses after their first stop token.
+    ``temperature``: the one they were sampled at (None: unknown)."""
     p_ids, p_mask = left_pad(prompt_ids, pad_id)
     r_ids, r_mask = right_pad(response_ids, pad_id)
-    cut_ids, cut_mask, ended = truncate_after_stop(r_ids, stop_ids, pad_id)
-    mask = cut_mask & r_mask
-    ids = torch.where(mask, cut_ids, torch.full_like(cut_ids, pad_id))
+    # the padding is not part of any response: with pad id == EOS id it must not count as a stop
+    ids, mask, ended = truncate_after_stop(r_ids, stop_ids, pad_id, valid=r_mask)
     width = int(mask.sum(1).max())  # trim padding columns left by the cut
     return Rollout(p_ids.to(device), p_mask.to(device), ids[:, :width].to(device),
-                   mask[:, :width].to(device), ended.to(device))
+                   mask[:, :width].to(device), ended.to(device), temperature=temperature)

@@ -1,0 +1,55 @@
+"""HFEngine samples from softmax(z / T) alone: nothing from the checkpoint's generation_config."""
+
+import copy
+
+import torch
+from transformers import GenerationConfig
+
+from tether.rollout import HFEngine, SamplingParams
+
+
+def _sample(model, tokenizer, seed: int = 0):
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in ("ab", "hello", "xyz", "q")] * 4
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]).bool()
+    params = SamplingParams(max_new_tokens=48, temperature=1.0, eos_token_ids=[tokenizer.eos_token_id],
+                            pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return HFEngine(model).generate(ids, mask, params)
+
+
+def _repeats(rollout) -> int:
+    """Tokens equal to an earlier token of the same response (0 under no_repeat_ngram_size=1)."""
+    total = 0
+    for row, m in zip(rollout.response_ids, rollout.response_mask):
+        tokens = row[m].tolist()
+        total += len(tokens) - len(set(tokens))
+    return total
+
+
+def test_checkpoint_generation_settings_do_not_change_the_samples(model, tokenizer):
+    plain = copy.deepcopy(model)
+    plain.generation_config = GenerationConfig()
+    shipped = GenerationConfig(no_repeat_ngram_size=1, repetition_penalty=3.0, min_p=0.3, typical_p=0.5,
+                               top_k=5, top_p=0.5, temperature=0.1, bad_words_ids=[[65], [66]],
+                               suppress_tokens=list(range(97, 123)), max_new_tokens=3)
+    model.generation_config = shipped
+    reference = _sample(plain, tokenizer)
+    got = _sample(model, tokenizer)
+    assert _repeats(reference) > 0  # the random model repeats tokens when sampled purely
+    assert torch.equal(got.response_ids, reference.response_ids)
+    assert got.temperature == 1.0
+    assert model.generation_config is shipped  # restored afterwards
+
+
+def test_peft_wrapped_model_ignores_the_base_models_generation_config(model, tokenizer):
+    from tether import LoraSettings
+    from tether.models import apply_lora
+
+    plain = apply_lora(copy.deepcopy(model), LoraSettings(r=2, alpha=4, target_modules=["q_proj"]))
+    plain.get_base_model().generation_config = GenerationConfig()
+    wrapped = apply_lora(model, LoraSettings(r=2, alpha=4, target_modules=["q_proj"]))
+    wrapped.get_base_model().generation_config = GenerationConfig(no_repeat_ngram_size=1, repetition_penalty=5.0)
+    wrapped.load_state_dict(plain.state_dict())
+    assert torch.equal(_sample(wrapped, tokenizer).response_ids, _sample(plain, tokenizer).response_ids)
