@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "PPOConfig": "tether.config",
     "RunConfig": "tether.config",
-    "PPOTrainer": "tether.train.ppo",
+    "PPOTrainer": "tether.train.trainer",
     "RewardModelScorer": "tether.rewards.model",
     "RewardConfig": "tether.config",
     "RewardTrainer": "tether.train.reward",

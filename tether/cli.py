@@ -32,7 +32,7 @@ def build_trainer(config, log_dir: Path | None = None, device=None):
     from .assets import resolve_model
     from .models.loading import load_causal_lm, load_tokenizer
     from .rewards import RewardModelScorer, make_rule
-    from .train.ppo import PPOTrainer
+    from .train.trainer import PPOTrainer
 
     m = config.model
     path = resolve_model(m.name_or_path)
@@ -216,7 +216,7 @@ def cmd_eval(args) -> int:
         baseline = load_policy(base_path, dtype=args.dtype)
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             batch_size=args.batch_size, seed=args.seed)
-    from .train.ppo import show_progress
+    from .train.loop import show_progress
 
     result = evaluate(model, tokenizer, prompts, reward, baseline, settings, progress=show_progress(None))
     written = write_eval(result, args.out)

@@ -120,7 +120,7 @@ def sample(trainer, prompts: Sequence[Any], batch_size: int, desc: str = "sampli
     """One sampled completion per prompt from the trainer's current policy (with a progress bar)."""
     from tqdm.auto import tqdm
 
-    from .train.ppo import show_progress
+    from .train.loop import show_progress
 
     completions: list[str] = []
     with tqdm(total=len(prompts), desc=desc, unit="sample", disable=not show_progress(None)) as bar:
@@ -177,7 +177,7 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
     from .data.prompts import load_prompts
     from .models.loading import load_causal_lm, load_reward_backbone, load_tokenizer
     from .rewards import RewardModelScorer, make_rule
-    from .train.ppo import PPOTrainer
+    from .train.trainer import PPOTrainer
     from .train.reward import RewardTrainer
 
     start = time.perf_counter()

@@ -21,7 +21,7 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(model, tokenize
         responses = trainer.generate(PROMPTS)
         stats = trainer.step(PROMPTS, responses, [float(len(r)) for r in responses])
     ids = torch.tensor([[5, 6, 7, 8, 9]])
-    with trainer._reference() as ref:
+    with trainer.ppo.reference() as ref:
         ref_lp = response_forward(ref, ids, torch.ones_like(ids), 3, 1.0).logprobs
     torch.testing.assert_close(ref_lp, response_forward(base, ids, torch.ones_like(ids), 3, 1.0).logprobs)
     policy_lp = response_forward(policy, ids, torch.ones_like(ids), 3, 1.0).logprobs

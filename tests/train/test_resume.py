@@ -11,7 +11,7 @@ from tether import LoraSettings, PPOConfig, PPOTrainer
 from tether.data import DataError
 from tether.models import apply_lora
 from tether.tracking import latest_checkpoint, list_checkpoints
-from tether.train import checkpointing
+from tether.train import persistence
 from tether.train.faults import NumericalError
 from tether.train.signals import TrainingInterrupted
 from tiny import tiny_llama, tiny_tokenizer
@@ -85,13 +85,13 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_as_latest(tmp_path
     run = tmp_path / "run"
     trainer = make_trainer("separate-critic")
     trainer.train(PROMPTS, max_iterations=2, output_dir=run, save_every=2, progress=False)
-    real = checkpointing.write_training_state
+    real = persistence.write_training_state
 
     def crash(trainer, tmp, rng, position):
         real(trainer, tmp, rng, position)  # everything written ...
         raise OSError("disk full")  # ... but the write did not finish
 
-    monkeypatch.setattr("tether.train.ppo.write_training_state", crash)
+    monkeypatch.setattr("tether.train.persistence.write_training_state", crash)
     with pytest.raises(OSError, match="disk full"):
         trainer.save_checkpoint(run / "checkpoints" / "step-000003")
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-000002"]

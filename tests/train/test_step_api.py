@@ -100,8 +100,8 @@ def test_step_scores_each_batch_at_the_temperature_it_was_sampled_with(model, to
 
     trainer = make_trainer(model, tokenizer, learning_rate=0.0, temperature=0.7)
     seen = []
-    real = trainer.make_experience
-    trainer.make_experience = lambda rollout, scores: seen.append(real(rollout, scores)) or seen[-1]
+    real = trainer.ppo.make_experience
+    trainer.ppo.make_experience = lambda rollout, scores: seen.append(real(rollout, scores)) or seen[-1]
     queries = [torch.tensor(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in PROMPTS]
     for form in (PROMPTS, queries):
         responses = trainer.generate(form, temperature=1.3, return_prompt=False)
@@ -137,7 +137,7 @@ def test_stop_token_ends_responses(model, tokenizer):
 
 
 def test_step_reuses_generate_tokenization_and_caches_stay_bounded(model, tokenizer, monkeypatch):
-    import tether.train.ppo as ppo_module
+    import tether.train.trainer as trainer_module
     import tether.train.step_inputs as step_inputs
 
     trainer = make_trainer(model, tokenizer)
@@ -147,7 +147,7 @@ def test_step_reuses_generate_tokenization_and_caches_stay_bounded(model, tokeni
     monkeypatch.setattr(step_inputs, "tokenize_prompts", lambda *a, **k: calls.append(a) or real(*a, **k))
     trainer.step(PROMPTS, responses, [1.0, 2.0, 3.0, 4.0])
     assert calls == []  # the prompt ids from generate() were reused
-    monkeypatch.setattr(ppo_module, "_SAMPLE_CACHE_LIMIT", 6)
+    monkeypatch.setattr(trainer_module, "_SAMPLE_CACHE_LIMIT", 6)
     for _ in range(3):
         trainer.generate(PROMPTS)
     assert len(trainer._sampled) <= 6 + len(PROMPTS)

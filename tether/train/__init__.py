@@ -1,5 +1,5 @@
 """Trainers: they wire data, models, rollout, rewards and algo together."""
 
-from .ppo import PPOTrainer
+from .trainer import PPOTrainer
 
 __all__ = ["PPOTrainer"]

@@ -70,7 +70,7 @@ class RewardTrainer:
         """All epochs; returns one stats dict per epoch (train loss/accuracy, eval accuracy/gap)."""
         from tqdm.auto import tqdm
 
-        from .ppo import show_progress
+        from .loop import show_progress
 
         cfg = self.config
         history = []

@@ -1,4 +1,5 @@
-"""Turn what users pass to ``generate``/``step`` (strings or token-id tensors) into a Rollout."""
+"""What users pass to ``generate``/``step`` (strings or token-id tensors, TRL-era keyword arguments,
+groups of responses), checked and turned into ``SamplingParams`` and a ``Rollout``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ from typing import Any, Sequence
 import torch
 
 from ..data.prompts import left_pad, right_pad, tokenize_prompts
-from ..rollout import Rollout, truncate_after_stop
+from ..rollout import Rollout, SamplingParams, truncate_after_stop
+
+
+# generate() keyword arguments that TRL-era code passes; mapped onto SamplingParams or accepted as no-ops
+_GEN_ALIASES = {"max_new_tokens", "temperature", "top_k", "top_p", "min_new_tokens"}
+_GEN_IGNORED = {"do_sample", "pad_token_id", "eos_token_id", "min_length", "use_cache"}
+# generate() keyword arguments that would sample from another distribution than the softmax(z / T)
+# that scoring computes: the "old" logprobs would be wrong, so they are refused
+_GEN_OFF_POLICY = {"repetition_penalty", "no_repeat_ngram_size", "min_p", "typical_p", "epsilon_cutoff",
+                   "eta_cutoff", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias",
+                   "encoder_repetition_penalty", "num_beams", "num_beam_groups", "diversity_penalty",
+                   "penalty_alpha", "guidance_scale", "forced_bos_token_id", "forced_eos_token_id",
+                   "exponential_decay_length_penalty", "renormalize_logits", "top_h"}
 
 
 def as_id_list(x: Any, what: str, index: int) -> list[int]:
@@ -126,3 +139,58 @@ def build_rollout(prompt_ids: list[list[int]], response_ids: list[list[int]], st
     width = int(mask.sum(1).max())  # trim padding columns left by the cut
     return Rollout(p_ids.to(device), p_mask.to(device), ids[:, :width].to(device),
                    mask[:, :width].to(device), ended.to(device), temperature=temperature)
+
+
+def sampling_params(gen_kwargs: dict, length_sampler, cfg, stop_ids: list[int], pad_token_id: int) -> SamplingParams:
+    """``generate``'s keyword arguments (TRL-era names accepted) over the config's sampling defaults.
+
+    Arguments that would sample from another distribution than ``softmax(logits / T)`` are refused:
+    PPO scores that distribution, so its "old" logprobs would be wrong."""
+    off_policy = sorted(set(gen_kwargs) & _GEN_OFF_POLICY)
+    if off_policy:
+        raise ValueError(f"generate: {off_policy} would sample from another distribution than the "
+                         "softmax(logits / temperature) that PPO scores, so its old logprobs would be wrong; "
+                         "sample with temperature / top_k / top_p only")
+    unknown = set(gen_kwargs) - _GEN_ALIASES - _GEN_IGNORED
+    if unknown:
+        raise TypeError(f"generate: unsupported arguments {sorted(unknown)}; supported: "
+                        f"{sorted(_GEN_ALIASES)}")
+    if gen_kwargs.get("do_sample") is False:
+        raise ValueError("generate: do_sample=False is not PPO; PPO needs samples from the policy")
+    temperature = float(gen_kwargs.get("temperature", cfg.temperature))
+    if temperature <= 0:
+        raise ValueError(f"generate: temperature must be > 0, got {temperature}")
+    max_new = length_sampler() if length_sampler is not None else gen_kwargs.get("max_new_tokens", cfg.max_new_tokens)
+    return SamplingParams(
+        max_new_tokens=int(max_new),
+        temperature=temperature,
+        top_k=int(gen_kwargs.get("top_k", cfg.top_k) or 0),
+        top_p=float(gen_kwargs.get("top_p", cfg.top_p)),
+        min_new_tokens=int(gen_kwargs.get("min_new_tokens", 0)),
+        eos_token_ids=stop_ids,
+        pad_token_id=pad_token_id,
+    )
+
+
+def flatten_groups(queries: Sequence[Any], responses: Sequence[Any]) -> tuple[list, list]:
+    """``responses[i]`` given as a list of responses to ``queries[i]`` -> one row per response."""
+    nested = [isinstance(r, (list, tuple)) and r and not isinstance(r[0], (int, dict)) for r in responses]
+    if not any(nested):
+        return list(queries), list(responses)
+    if not all(nested):
+        raise ValueError("step: give every prompt a list of responses, or none (mixed forms)")
+    if len(queries) != len(responses):
+        raise ValueError(f"step: {len(queries)} queries but {len(responses)} response lists")
+    return ([q for q, group in zip(queries, responses) for _ in group],
+            [r for group in responses for r in group])
+
+
+def check_groups(queries: Sequence[Any], k: int) -> None:
+    """With ``num_generations = k > 1``, every k rows in a row must share one prompt (else an error naming them)."""
+    if k == 1:
+        return
+    for start in range(0, len(queries) - k + 1, k):
+        keys = {repr(q.tolist()) if isinstance(q, torch.Tensor) else repr(q) for q in queries[start : start + k]}
+        if len(keys) > 1:
+            raise ValueError(f"step: rows {start}..{start + k - 1} should be {k} responses to one prompt "
+                             f"(num_generations={k}); repeat each prompt {k} times in a row")

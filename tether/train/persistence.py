@@ -1,5 +1,5 @@
-"""Training checkpoints: weights in Hugging Face format plus everything needed to continue a run
-exactly where it stopped.
+"""Saving and resuming: ``save_pretrained`` (weights in Hugging Face format, written atomically) and
+training checkpoints, which add everything needed to continue a run exactly where it stopped.
 
 Layout of ``RUN/checkpoints/step-000040/`` (written atomically: a temporary directory renamed into
 place, so a directory with this name is always complete)::
@@ -24,12 +24,17 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ..models.critic import VALUE_HEAD_FILE
+from ..models.critic import VALUE_HEAD_FILE, is_peft
+from ..models.loading import BASE_FILE
 from ..models.weights import load_head, load_policy_weights, load_state_into, read_safetensors_dir
+from ..tracking import write_atomically, write_json
+from ..tracking.model_card import write_model_card
+from .faults import NumericalError, first_nonfinite_parameter
+from .ppo import PPOLearner
 
 logger = logging.getLogger(__name__)
 
@@ -97,59 +102,59 @@ def restore_rng(state: dict, shuffle_generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_training_state(trainer, tmp: Path, rngs: list[dict], position: DataPosition | None) -> None:
-    """Write the non-weight state of ``trainer`` into the checkpoint directory ``tmp``; ``rngs``:
+def write_training_state(learner: PPOLearner, tmp: Path, rngs: list[dict], position: DataPosition | None) -> None:
+    """Write the non-weight state of the PPO ``learner`` into the checkpoint directory ``tmp``; ``rngs``:
     the RNG states of every process, in rank order."""
     torch.save({
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+        "optimizer": learner.optimizer.state_dict(),
+        "scheduler": learner.scheduler.state_dict() if learner.scheduler is not None else None,
         "rng": rngs,
     }, tmp / TRAINER_STATE_FILE)
     state = {
-        "iteration": trainer.iteration,
-        "kl_ctl": trainer.kl_ctl.state_dict(),
-        "faults": trainer.faults.state_dict(),
+        "iteration": learner.iteration,
+        "kl_ctl": learner.kl_ctl.state_dict(),
+        "faults": learner.faults.state_dict(),
         "position": dataclasses.asdict(position) if position is not None else None,
-        "config": dataclasses.asdict(trainer.config),
+        "config": dataclasses.asdict(learner.config),
     }
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
 
 
-def read_training_state(trainer, directory: str | Path) -> DataPosition | None:
+def read_training_state(learner: PPOLearner, directory: str | Path) -> DataPosition | None:
     """Load weights, optimizer, scheduler, KL controller, RNG and counters of a checkpoint into
-    ``trainer`` (built from the same config and base model); returns the saved data position."""
+    the PPO ``learner`` (built from the same config and base model); returns the saved data position."""
     directory = Path(directory)
     if not (directory / TRAINER_STATE_FILE).exists():
         raise FileNotFoundError(f"{directory}: not a training checkpoint (no {TRAINER_STATE_FILE}; "
                                 "final/ holds weights only)")
     state = json.loads((directory / STATE_FILE).read_text())
-    _warn_config_changes(state.get("config", {}), dataclasses.asdict(trainer.config), directory)
-    load_policy_weights(trainer.policy, directory)
-    if trainer.critic is not None:
-        load_state_into(trainer.critic.backbone, read_safetensors_dir(directory / "critic"), str(directory / "critic"))
-        load_head(trainer.critic.head, directory / "critic" / VALUE_HEAD_FILE)
-    if trainer.value_head is not None:
-        load_head(trainer.value_head, directory / VALUE_HEAD_FILE)
+    _warn_config_changes(state.get("config", {}), dataclasses.asdict(learner.config), directory)
+    load_policy_weights(learner.policy, directory)
+    if learner.critic is not None:
+        load_state_into(learner.critic.backbone, read_safetensors_dir(directory / "critic"), str(directory / "critic"))
+        load_head(learner.critic.head, directory / "critic" / VALUE_HEAD_FILE)
+    if learner.value_head is not None:
+        load_head(learner.value_head, directory / VALUE_HEAD_FILE)
     saved = torch.load(directory / TRAINER_STATE_FILE, weights_only=True)
     if saved["scheduler"] is not None:  # built before the optimizer state is loaded: building resets the lr
-        trainer.scheduler = trainer._make_scheduler()
-    trainer.optimizer.load_state_dict(saved["optimizer"])
+        learner.scheduler = learner.make_scheduler()
+    learner.optimizer.load_state_dict(saved["optimizer"])
     if saved["scheduler"] is not None:
-        trainer.scheduler.load_state_dict(saved["scheduler"])
-    rngs, rank = saved["rng"], trainer.dist.rank
-    if len(rngs) == trainer.dist.world_size:
-        restore_rng(rngs[rank], trainer.shuffle_generator)
+        learner.scheduler.load_state_dict(saved["scheduler"])
+    rngs, rank = saved["rng"], learner.dist.rank
+    if len(rngs) == learner.dist.world_size:
+        restore_rng(rngs[rank], learner.shuffle_generator)
     else:
         logger.warning("%s was saved by %d processes, this run has %d: sampling RNG streams are reseeded",
-                       directory, len(rngs), trainer.dist.world_size)
-        restore_rng(rngs[0], trainer.shuffle_generator)  # the shuffle stream is the same on every rank
+                       directory, len(rngs), learner.dist.world_size)
+        restore_rng(rngs[0], learner.shuffle_generator)  # the shuffle stream is the same on every rank
         if rank:
-            seed = trainer.config.seed + 7919 * rank + int(state["iteration"])
+            seed = learner.config.seed + 7919 * rank + int(state["iteration"])
             random.seed(seed)
             torch.manual_seed(seed)
-    trainer.iteration = int(state["iteration"])
-    trainer.kl_ctl.load_state_dict(state["kl_ctl"])
-    trainer.faults.load_state_dict(state["faults"])
+    learner.iteration = int(state["iteration"])
+    learner.kl_ctl.load_state_dict(state["kl_ctl"])
+    learner.faults.load_state_dict(state["faults"])
     return DataPosition(**state["position"]) if state.get("position") else None
 
 
@@ -162,3 +167,51 @@ def _warn_config_changes(saved: dict, current: dict, directory: Path) -> None:
 
 __all__ = ["DataPosition", "capture_rng", "fingerprint", "read_training_state", "restore_rng",
            "write_training_state"]
+
+
+def save_pretrained(trainer, directory: str | Path, extra: Callable[[Path], None] | None = None) -> Path:
+    """``PPOTrainer.save_pretrained``: policy (or its peft adapters) and tokenizer at the top, the
+    critic under ``critic/`` (or ``value_head.safetensors``), a model card and ``tether_state.json``
+    (or what ``extra(tmp_dir)`` writes instead), all renamed into place at once."""
+    learner = trainer.ppo
+    bad = first_nonfinite_parameter([("", learner.policy), ("critic.", learner.critic),
+                                     ("value_head.", learner.value_head)])
+    if bad is not None:
+        raise NumericalError(f"refusing to save {directory}: parameter {bad} is not finite")
+
+    def write(tmp: Path) -> None:
+        learner.policy.save_pretrained(tmp)
+        trainer.tokenizer.save_pretrained(tmp)
+        source = getattr(learner.policy, "_tether_source", None)
+        adapters = is_peft(learner.policy)
+        if adapters and source:
+            write_json(tmp / BASE_FILE, source)
+        write_model_card(tmp, "adapter" if adapters else "policy",
+                         base_model=(source or {}).get("name_or_path") or learner.config.model_name,
+                         config=dataclasses.asdict(learner.config), metrics=trainer.last_stats, final_path=directory)
+        if learner.critic is not None:
+            learner.critic.save_pretrained(tmp / "critic")
+        if learner.value_head is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in learner.value_head.state_dict().items()}, tmp / VALUE_HEAD_FILE)
+        if extra is not None:
+            extra(tmp)
+        else:
+            write_json(tmp / STATE_FILE, {"iteration": learner.iteration, "kl_ctl": learner.kl_ctl.state_dict(),
+                                          "model_name": learner.config.model_name})
+
+    if learner.dist.is_main:
+        write_atomically(directory, write)
+    learner.dist.barrier()
+    return Path(directory)
+
+
+def save_checkpoint(trainer, directory: str | Path) -> Path:
+    """``PPOTrainer.save_checkpoint``: ``save_pretrained``'s files plus the training state as of the
+    last iteration boundary (``trainer.boundary``: RNG states and, inside ``train()``, data position)."""
+    learner = trainer.ppo
+    rng, position = trainer.boundary if trainer.boundary else (capture_rng(learner.shuffle_generator), None)
+    rngs = learner.dist.gather_objects(rng)  # one RNG state per process
+    return save_pretrained(trainer, directory,
+                           extra=lambda tmp: write_training_state(learner, tmp, rngs, position))

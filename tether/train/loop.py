@@ -1,0 +1,199 @@
+"""The dataset loop of ``PPOTrainer.train``: prompt order by epoch, one PPO iteration per global
+batch (sample -> reward -> ``PPOLearner.learn``), progress, checkpoint cadence, resume, stop signals.
+
+Nothing here is PPO maths (ppo.py) or file layout (persistence.py): this file decides *when* things
+happen. State it reads and writes lives on the trainer (``trainer.ppo`` for the learner's) and on the
+``DataPosition`` it carries from batch to batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..data.prompts import DataError, limit_prompt_lengths, load_prompts, tokenize_prompts
+from ..rewards.base import NonFiniteRewardError, RewardError, call_reward
+from ..rollout import SamplingParams
+from ..tracking import checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints, truncate_jsonl
+from .faults import NumericalError
+from .persistence import DataPosition, capture_rng, fingerprint
+from .signals import StopRequests, TrainingInterrupted
+
+logger = logging.getLogger(__name__)
+
+
+def train_on_dataset(trainer, dataset=None, reward_fn: Callable | None = None, epochs: int = 1,
+                     max_iterations: int | None = None, output_dir: str | Path | None = None,
+                     save_every: int = 0, keep_checkpoints: int = 0, resume: str | Path | None = None,
+                     progress: bool | None = None, prompt_field: str = "prompt",
+                     prompt_formatter: Callable[[dict], Any] | None = None) -> list[dict[str, float]]:
+    """``trainer.train(...)``: see ``PPOTrainer.train`` for the arguments."""
+    from tqdm.auto import tqdm
+
+    cfg = trainer.config
+    prompts = load_prompts(dataset if dataset is not None else trainer.dataset, prompt_field, prompt_formatter)
+    reward = reward_fn if reward_fn is not None else trainer.reward_fn
+    if reward is None:
+        raise ValueError("train() needs a reward: pass reward_fn= or reward_model=")
+    start_position = DataPosition(num_prompts=len(prompts), fingerprint=fingerprint(prompts))
+    token_ids = tokenize_prompts(prompts, trainer.tokenizer, None, cfg.use_chat_template)
+    token_ids, kept = limit_prompt_lengths(token_ids, cfg.max_prompt_length, cfg.prompt_overflow)
+    prompts = [prompts[i] for i in kept]
+    k = cfg.num_generations
+    bs = cfg.batch_size // k  # prompts per iteration; each is sampled k times
+    global_bs = bs * trainer.dist.world_size  # each rank takes its slice of a global batch
+    if len(prompts) < global_bs:
+        raise ValueError(f"the dataset has {len(prompts)} prompts, fewer than the {global_bs} an iteration needs "
+                         f"(batch_size={cfg.batch_size} / num_generations={k} x {trainer.dist.world_size} processes)")
+    per_epoch = len(prompts) // global_bs
+    if len(prompts) % global_bs:
+        logger.warning("%d prompts do not fill a batch of %d and are skipped each epoch",
+                       len(prompts) % global_bs, global_bs)
+    total = per_epoch * epochs if max_iterations is None else min(max_iterations, per_epoch * epochs)
+    if cfg.total_steps is None:
+        cfg.total_steps = total
+    out = Path(output_dir) if output_dir else None
+    own_sink = out is not None and trainer.sink is None
+    if own_sink:
+        trainer.sink = trainer._make_sink(out)
+    position = start_position if resume is None else _resume(trainer, resume, out, start_position, global_bs)
+    params = trainer._sampling_params({}, None)
+    history: list[dict[str, float]] = []
+    saved: Path | None = None
+    bar = tqdm(total=total, initial=position.batches, desc="ppo", unit="it",
+               disable=not (show_progress(progress) and trainer.dist.is_main))
+    stop_signal = None
+    with StopRequests(enabled=out is not None) as stop:
+        while position.batches < total:
+            if out is not None and trainer.dist.any(stop.requested is not None):  # every rank stops together
+                stop_signal = stop.requested or "SIGTERM"
+                break
+            if position.order is None:
+                order = torch.randperm(len(prompts), generator=trainer.ppo.shuffle_generator).tolist()
+                position = dataclasses.replace(position, order=order)
+            trainer.boundary = (capture_rng(trainer.ppo.shuffle_generator), position)
+            start = position.offset + trainer.dist.rank * bs
+            rows = position.order[start : start + bs]
+            idx = [i for i in rows for _ in range(k)]  # groups of k rows
+            try:
+                stats = _train_iteration(trainer, [prompts[i] for i in idx], [token_ids[i] for i in idx],
+                                              reward, params, out)
+            except (RewardError, NumericalError) as err:
+                if out is not None:  # nothing lost: the state of the last complete iteration
+                    path = _save_run_checkpoint(trainer, out, keep_checkpoints)
+                    err.args = (f"{err.args[0]}\n(checkpoint of the last complete iteration: {path}; "
+                                "continue with resume='latest' / --resume)",)
+                raise
+            position = position.advanced(global_bs, len(prompts))
+            trainer.boundary = (capture_rng(trainer.ppo.shuffle_generator), position)
+            if stats is not None:
+                history.append(stats)
+                bar.set_postfix_str(format_stats(stats, ("env/reward_mean", "objective/kl")))
+                if bar.disable and trainer.dist.is_main and (trainer.iteration % 10 == 0 or trainer.iteration in (1, total)):
+                    logger.info("iteration %d/%d %s", trainer.iteration, total, format_stats(stats))
+            bar.update(1)
+            if out is not None and save_every and trainer.iteration % save_every == 0:
+                saved = _save_run_checkpoint(trainer, out, keep_checkpoints)
+        bar.close()
+        if stop_signal is not None:
+            if saved is None or saved.name != checkpoint_name(trainer.iteration):
+                saved = _save_run_checkpoint(trainer, out, keep_checkpoints)
+            raise TrainingInterrupted(stop_signal, saved)
+    if out is not None:
+        trainer.save_pretrained(out / "final")
+    if own_sink and trainer.sink is not None:
+        trainer.sink.close()
+        trainer.sink = None
+    return history
+
+
+
+def _train_iteration(trainer, prompts: list, token_ids: list[list[int]], reward: Callable,
+                     params: SamplingParams, out: Path | None) -> dict[str, float] | None:
+    """Sample, score and update on one batch; None when non-finite scores skip the iteration."""
+    t0 = time.perf_counter()
+    rollout = trainer._sample(token_ids, params)
+    t_gen = time.perf_counter() - t0
+    completions = trainer._decode(rollout)
+    t0 = time.perf_counter()
+    failure: RewardError | None = None
+    try:
+        scores = call_reward(reward, prompts, completions).to(trainer.device)
+    except RewardError as err:
+        failure = err
+    if trainer.dist.any(failure is not None):  # one rank's bad reward stops or skips every rank
+        if failure is None:
+            failure = RewardError("the reward failed on another process (see its log)")
+        if not isinstance(failure, NonFiniteRewardError):
+            raise failure
+        trainer.faults.bad(f"iteration {trainer.iteration + 1}: {failure}")
+        return None
+    t_reward = time.perf_counter() - t0
+    stats = trainer.record(trainer.ppo.learn(rollout, scores), generate_seconds=t_gen, reward_seconds=t_reward)
+    if out is not None and trainer.dist.is_main:
+        _log_samples(trainer, out / "samples.jsonl", prompts, completions, scores)
+    return stats
+
+def _resume(trainer, resume: str | Path, out: Path | None, expected: DataPosition, global_bs: int) -> DataPosition:
+    """Load the checkpoint ``resume`` names; check it was written for these prompts; drop log rows after it."""
+    if str(resume) == "latest":
+        if out is None:
+            raise ValueError("resume='latest' needs output_dir (the run directory to look in)")
+        path = latest_checkpoint(out / "checkpoints")
+        if path is None:
+            raise FileNotFoundError(f"resume: no checkpoint under {out / 'checkpoints'}")
+    else:
+        path = Path(resume)
+    position = trainer.load_checkpoint(path)
+    if position is None:
+        raise ValueError(f"{path}: written outside train() (no data position); it cannot resume train()")
+    if (position.num_prompts, position.fingerprint) != (expected.num_prompts, expected.fingerprint):
+        raise DataError(f"{path} was written for a dataset of {position.num_prompts} prompts (fingerprint "
+                        f"{position.fingerprint}); this dataset has {expected.num_prompts} "
+                        f"({expected.fingerprint}). Resume with the same prompts.")
+    if position.offset % global_bs:
+        logger.warning("%s: %d prompts of the epoch were used, not a multiple of this run's global batch %d "
+                       "(another number of processes?); continuing from prompt %d", path, position.offset,
+                       global_bs, position.offset)
+    if out is not None and trainer.dist.is_main:
+        dropped = truncate_jsonl(out / "metrics.jsonl", "step", trainer.iteration)
+        dropped += truncate_jsonl(out / "samples.jsonl", "iteration", trainer.iteration)
+        if dropped:
+            logger.info("removed %d log rows written after iteration %d", dropped, trainer.iteration)
+    logger.info("resumed from %s: iteration %d, epoch %d, prompt %d", path, trainer.iteration, position.epoch,
+                position.offset)
+    return position
+
+def _save_run_checkpoint(trainer, out: Path, keep: int) -> Path:
+    """``out/checkpoints/step-N`` for the current iteration, keeping the newest ``keep`` (0: all)."""
+    path = trainer.save_checkpoint(out / "checkpoints" / checkpoint_name(trainer.iteration))
+    if trainer.dist.is_main:
+        for old in prune_checkpoints(out / "checkpoints", keep):
+            logger.debug("removed old checkpoint %s", old)
+        logger.info("checkpoint %s", path)
+    return path
+
+
+def _log_samples(trainer, path: Path, prompts, completions, scores) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for p, c, s in zip(prompts[:4], completions[:4], scores[:4].tolist()):
+            handle.write(json.dumps({"iteration": trainer.iteration, "prompt": p, "completion": c,
+                                     "score": s}) + "\n")
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars: as asked, else only on an interactive terminal outside CI."""
+    if progress is not None:
+        return progress
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+__all__ = ["show_progress", "train_on_dataset"]
