@@ -1,7 +1,9 @@
 """tether: PPO for RLHF that is correct, runs on a laptop CPU, and keeps the step API.
 
 Public API: ``PPOConfig``, ``PPOTrainer``, ``RunConfig``, ``RewardConfig``, ``RewardTrainer``,
-``RewardModelScorer``, ``load_preferences``, ``load_causal_lm``, ``load_tokenizer``. Heavy modules (transformers, the trainer) load on first use, so
+``RewardModelScorer``, ``load_preferences``, ``load_causal_lm``, ``load_tokenizer``, and TRL 0.11's
+PPO names (``AutoModelForCausalLMWithValueHead``, ``create_reference_model``, ``LengthSampler``,
+``respond_to_batch``, ``set_seed``; ``tether.core`` for ``trl.core``). Heavy modules (transformers, the trainer) load on first use, so
 ``import tether.algo`` pulls in torch only.
 """
 
@@ -22,6 +24,13 @@ _LAZY = {
     "load_causal_lm": "tether.models.loading",
     "load_tokenizer": "tether.models.loading",
     "LoraSettings": "tether.models.loading",
+    # TRL 0.11's PPO names (tether.compat)
+    "AutoModelForCausalLMWithValueHead": "tether.compat.models",
+    "PreTrainedModelWrapper": "tether.compat.models",
+    "create_reference_model": "tether.compat.models",
+    "LengthSampler": "tether.compat.core",
+    "respond_to_batch": "tether.compat.core",
+    "set_seed": "tether.compat.core",
 }
 
 __all__ = sorted(_LAZY)

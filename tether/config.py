@@ -108,7 +108,7 @@ class PPOConfig:
     ppo and reinforce_pp, per sequence in the score for rloo, as a loss term β·KL (estimator
     kl_loss_estimator) for grpo."""
     kl_estimator: str = "k1"
-    """Per-token KL estimator in the reward: k1 | k2 | k3."""
+    """Per-token KL estimator in the reward: k1 | k2 | k3 | abs (TRL's kl_penalty "abs": |log π − log π_ref|)."""
     adaptive_kl: bool = False
     """Adapt β toward kl_target with the controller of [Z19]."""
     kl_target: float = 6.0
@@ -237,6 +237,59 @@ class PPOConfig:
             raise ConfigError(f"max_bad_steps must be ≥ 0, got {self.max_bad_steps}")
         if self.adaptive_kl and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be > 0 with adaptive_kl, got {self.kl_target}")
+
+
+def _accept_trl_fields(dataclass_init):
+    """Wrap ``PPOConfig.__init__``: TRL 0.11's field names are accepted (``tether.compat.config``),
+    and the options a program set are remembered (``_explicit``), so TRL's defaults can fill the rest
+    for a TRL value-head program."""
+
+    def __init__(self, *args, **kwargs):
+        from .compat.config import split_trl_kwargs
+
+        fields = dataclasses.fields(PPOConfig)
+        names = [f.name for f in fields]
+        own, trl = split_trl_kwargs(kwargs, set(names))
+        explicit = set(names[: len(args)]) | set(own)
+        if explicit >= set(names):  # every field passed (HfArgumentParser does): only changed ones were set
+            defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                        for f in fields}
+            explicit = {n for n in own if own[n] != defaults[n]}
+        object.__setattr__(self, "_explicit", explicit)
+        object.__setattr__(self, "trl", trl)
+        dataclass_init(self, *args, **own)
+        object.__setattr__(self, "_tracking", True)
+
+    __init__.__doc__ = dataclass_init.__doc__
+    return __init__
+
+
+PPOConfig.__init__ = _accept_trl_fields(PPOConfig.__init__)
+
+
+def _ppo_config_setattr(self, name: str, value: Any) -> None:
+    object.__setattr__(self, name, value)
+    if self.__dict__.get("_tracking"):
+        self.__dict__["_explicit"].add(name)
+
+
+def _ppo_config_getattr(self, name: str) -> Any:
+    """TRL 0.11 field names that tether keeps as given (``query_dataset``, ``log_with``, ...) or maps."""
+    if name.startswith("_") or name == "trl":
+        raise AttributeError(name)
+    from .compat.config import trl_field
+
+    return trl_field(self, name)
+
+
+def _ppo_config_to_dict(self) -> dict:
+    """TRL's ``to_dict``: every option (and the TRL-only fields given), flattened."""
+    return {**dataclasses.asdict(self), **self.__dict__.get("trl", {})}
+
+
+PPOConfig.__setattr__ = _ppo_config_setattr
+PPOConfig.__getattr__ = _ppo_config_getattr
+PPOConfig.to_dict = _ppo_config_to_dict
 
 
 @dataclass

@@ -42,3 +42,15 @@ def test_token_rewards_put_score_on_last_valid_token_and_kl_everywhere():
 def test_last_valid_index():
     mask = torch.tensor([[True, False, False], [True, True, True], [True, True, False]])
     assert last_valid_index(mask).tolist() == [0, 2, 1]
+
+
+def test_gae_skips_masked_tokens_inside_a_response():
+    """A hole (say, a tool's output) is not an action: the values and advantages of the next valid
+    token carry over it, so the same three actions give the same advantages with or without it."""
+    rewards = torch.tensor([[0.0, 99.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 42.0, 0.6, 0.7]])
+    mask = torch.tensor([[True, False, True, True]])
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # the hand-computed three-token case above: A = 0.225, 0.25, 0.3 on the valid tokens
+    assert adv.flatten().tolist() == pytest.approx([0.225, 0.0, 0.25, 0.3])
+    assert ret.flatten().tolist() == pytest.approx([0.725, 0.0, 0.85, 1.0])

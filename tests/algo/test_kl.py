@@ -55,3 +55,10 @@ def test_fixed_controller_does_not_move():
     ctl = FixedKLController(0.05)
     ctl.update(100.0, 16)
     assert ctl.value == 0.05
+
+
+def test_abs_estimator_is_the_absolute_log_ratio():
+    from tether.algo import kl_penalty
+
+    lp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    assert kl_penalty(lp, ref, "abs").tolist() == [[0.5, 1.0]]  # TRL's kl_penalty="abs"

@@ -20,6 +20,7 @@ def test_policy_loss_and_clipfrac_on_chosen_ratios():
     assert stats["clipped"].item() == 1.0  # only r = 1.5 with A > 0 is clipped
     assert stats["ratio"].item() == pytest.approx(sum(ratios))
     assert stats["approxkl"].item() == pytest.approx(sum(0.5 * math.log(r) ** 2 for r in ratios))
+    assert stats["policykl"].item() == pytest.approx(-sum(math.log(r) for r in ratios))  # Σ logπ_old − logπ_new
 
 
 def test_dual_clip_caps_negative_advantage_loss():

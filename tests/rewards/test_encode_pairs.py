@@ -1,6 +1,5 @@
 """encode_pairs: how a reward model sees (prompt, completion), in training and scoring alike."""
 
-import pytest
 
 from tether.rewards.model import encode_pairs, has_pair_template
 

@@ -82,15 +82,19 @@ def test_responses_not_from_generate_are_tokenized_and_complete(model, tokenizer
     assert stats["tokens/ended_frac"] == 1.0  # EOS appended: treated as complete answers
 
 
-def test_generate_rejects_greedy_and_unknown_kwargs(model, tokenizer):
+def test_greedy_and_penalised_samples_are_for_evaluation_only(model, tokenizer):
+    """generate() takes transformers' options (TRL programs evaluate with them), but step() refuses
+    to train on samples that are not from the policy's softmax(logits / T)."""
     trainer = make_trainer(model, tokenizer)
-    with pytest.raises(ValueError, match="do_sample=False"):
-        trainer.generate(PROMPTS, do_sample=False)
     with pytest.raises(TypeError, match="unsupported arguments \\['colour'\\]"):
         trainer.generate(PROMPTS, colour="blue")
-    for off_policy in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 2}, {"num_beams": 4}):
-        with pytest.raises(ValueError, match=f"{next(iter(off_policy))}.*another distribution"):
-            trainer.generate(PROMPTS, **off_policy)
+    greedy = trainer.generate(PROMPTS, do_sample=False)
+    assert greedy == trainer.generate(PROMPTS, do_sample=False)  # deterministic
+    for options, name in (({"do_sample": False}, "do_sample=False"), ({"repetition_penalty": 1.3}, "repetition_penalty"),
+                          ({"num_beams": 2, "do_sample": False}, "num_beams")):
+        responses = trainer.generate(PROMPTS, **options)
+        with pytest.raises(ValueError, match=f"{name}.*not samples of the policy"):
+            trainer.step(PROMPTS, responses, [0.0] * 4)
 
 
 def test_step_scores_each_batch_at_the_temperature_it_was_sampled_with(model, tokenizer):
@@ -137,7 +141,7 @@ def test_stop_token_ends_responses(model, tokenizer):
 
 
 def test_step_reuses_generate_tokenization_and_caches_stay_bounded(model, tokenizer, monkeypatch):
-    import tether.train.trainer as trainer_module
+    import tether.train.step_api as step_api_module
     import tether.train.step_inputs as step_inputs
 
     trainer = make_trainer(model, tokenizer)
@@ -147,7 +151,7 @@ def test_step_reuses_generate_tokenization_and_caches_stay_bounded(model, tokeni
     monkeypatch.setattr(step_inputs, "tokenize_prompts", lambda *a, **k: calls.append(a) or real(*a, **k))
     trainer.step(PROMPTS, responses, [1.0, 2.0, 3.0, 4.0])
     assert calls == []  # the prompt ids from generate() were reused
-    monkeypatch.setattr(trainer_module, "_SAMPLE_CACHE_LIMIT", 6)
+    monkeypatch.setattr(step_api_module, "SAMPLE_CACHE_LIMIT", 6)
     for _ in range(3):
         trainer.generate(PROMPTS)
     assert len(trainer._sampled) <= 6 + len(PROMPTS)

@@ -52,9 +52,10 @@ def gae(
     ``V`` and ``A`` after the last valid token are 0 (the episode ends there).
     Returns ``(advantages, returns)`` with ``returns = A + V``; both ``[B, T]``, 0 where masked.
 
-    rewards, values: ``[B, T]`` float; mask: ``[B, T]`` bool. Valid positions must form a prefix
-    of each row (responses are right-padded), which is what makes "V after the last valid token"
-    the same as "the next masked position".
+    rewards, values: ``[B, T]`` float; mask: ``[B, T]`` bool. Masked positions carry nothing: after
+    the last valid token they end the episode; inside a response (``response_masks`` that leave out
+    tokens the policy did not choose, such as a tool's output) they are skipped, so the next *valid*
+    token's value and advantage carry over them and the final score still reaches every action.
     """
     zeros = torch.zeros_like(values)
     values = torch.where(mask, values, zeros)
@@ -65,9 +66,10 @@ def gae(
     for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         advantage = delta + gamma * lam * next_advantage
-        advantage = torch.where(mask[:, t], advantage, torch.zeros_like(advantage))
-        advantages[:, t] = advantage
-        next_value, next_advantage = values[:, t], advantage
+        valid = mask[:, t]
+        advantages[:, t] = torch.where(valid, advantage, torch.zeros_like(advantage))
+        next_value = torch.where(valid, values[:, t], next_value)
+        next_advantage = torch.where(valid, advantage, next_advantage)
     returns = torch.where(mask, advantages + values, zeros)
     return advantages, returns
 

@@ -5,6 +5,7 @@ With samples drawn from the policy π and ``log ρ = log π_ref(a|s) − log π(
 * k1 = −log ρ                  (unbiased, can be negative per sample)
 * k2 = ½ (log ρ)²              (biased, low variance, ≥ 0)
 * k3 = (ρ − 1) − log ρ         (unbiased, ≥ 0)
+* abs = |log ρ|                (TRL's "abs"; biased, ≥ 0)
 
 [KL] J. Schulman, "Approximating KL Divergence", 2020.
 [Z19] Ziegler et al., "Fine-Tuning Language Models from Human Preferences", 2019.
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_ESTIMATORS = ("k1", "k2", "k3", "abs")
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
@@ -24,7 +25,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 
     logprobs, ref_logprobs: ``[B, T]`` log π(a_t|s_t) and log π_ref(a_t|s_t) of the sampled tokens.
     Returns ``[B, T]`` (nats per token). Masking is the caller's job (see ``masked_sum``).
-    ``estimator`` is one of ``k1``, ``k2``, ``k3`` (formulas in the module docstring).
+    ``estimator`` is one of ``k1``, ``k2``, ``k3``, ``abs`` (formulas in the module docstring).
     Differentiable in ``logprobs``, so the same function serves as a KL loss term.
     """
     log_ratio = ref_logprobs - logprobs  # log ρ
@@ -36,6 +37,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
         # clamp keeps exp() finite for wildly off-policy tokens; k3 is ≥ 0 for every finite log ρ
         log_ratio = log_ratio.clamp(-20.0, 20.0)
         return torch.expm1(log_ratio) - log_ratio
+    if estimator == "abs":
+        return log_ratio.abs()
     raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
 
 

@@ -57,7 +57,8 @@ def ppo_policy_loss(
 
     logprobs (with grad), old_logprobs, advantages, mask: ``[B, T]``. ``num_tokens`` / ``num_seqs``
     default to this batch's counts. Stats (sums over valid tokens): ``clipped`` (tokens where
-    the clipped term was the active one), ``approxkl`` (½(logπ_new − logπ_old)²), ``ratio``.
+    the clipped term was the active one), ``approxkl`` (½(logπ_new − logπ_old)²), ``policykl``
+    (logπ_old − logπ_new, TRL's "policykl"), ``ratio``.
     """
     num_tokens = mask.sum().item() if num_tokens is None else num_tokens
     num_seqs = mask.shape[0] if num_seqs is None else num_seqs
@@ -76,6 +77,7 @@ def ppo_policy_loss(
         stats = {
             "clipped": masked_sum((clipped > unclipped).float(), mask),
             "approxkl": masked_sum(0.5 * log_ratio.square(), mask),
+            "policykl": masked_sum(-log_ratio, mask),
             "ratio": masked_sum(ratio, mask),
         }
     return loss, stats

@@ -19,13 +19,22 @@ from .types import Rollout
 class SamplingParams:
     """How responses are sampled. ``top_k = 0`` and ``top_p = 1.0`` mean pure sampling [H24]."""
 
-    max_new_tokens: int = 64
+    max_new_tokens: int | None = 64  # None: transformers' max_length (in extra) decides
     temperature: float = 0.7
     top_k: int = 0
     top_p: float = 1.0
     min_new_tokens: int = 0  # > 0 masks EOS early, which changes the sampling distribution
+    min_length: int = 0  # transformers' min_length: prompt included (TRL programs pass it)
     eos_token_ids: list[int] = field(default_factory=list)  # each ends a response (EOS + stop tokens)
     pad_token_id: int = 0
+    do_sample: bool = True  # False: greedy (evaluation; not samples of π)
+    extra: dict = field(default_factory=dict)  # other transformers generation options (penalties, beams, ...)
+
+    @property
+    def off_policy(self) -> list[str]:
+        """Why samples drawn with these settings are not samples of ``softmax(logits / T)``: the
+        options that make it so (empty for pure sampling, top_k / top_p aside)."""
+        return (["do_sample=False"] if not self.do_sample else []) + sorted(k for k in self.extra if k != "max_length")
 
 
 class Engine(Protocol):

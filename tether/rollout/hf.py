@@ -52,14 +52,14 @@ class HFEngine:
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> Rollout:
         from transformers import GenerationConfig
 
+        sampling = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p) if params.do_sample else {}
         config = GenerationConfig(
-            do_sample=True,
-            num_beams=1,
-            temperature=params.temperature,
-            top_k=params.top_k,
-            top_p=params.top_p,
-            max_new_tokens=params.max_new_tokens,
-            min_new_tokens=params.min_new_tokens,
+            do_sample=params.do_sample,
+            **{"num_beams": 1, **params.extra},
+            **sampling,
+            **({"max_new_tokens": params.max_new_tokens} if params.max_new_tokens is not None else {}),
+            **({"min_new_tokens": params.min_new_tokens} if params.min_new_tokens else {}),
+            **({"min_length": params.min_length} if params.min_length else {}),
             eos_token_id=params.eos_token_ids or None,
             pad_token_id=params.pad_token_id,
         )

@@ -22,6 +22,9 @@ class Rollout:
     # the temperature the responses were sampled at, so scoring divides the logits by the same one;
     # None: not sampled here (user-given responses), scored at the configured temperature
     temperature: float | None = None
+    # [B, T] bool: the response tokens that carry loss, KL and value, when not all of response_mask
+    # do (TRL's response_masks: e.g. a tool's output inside a response). None: response_mask
+    loss_mask: torch.Tensor | None = None
 
     def __post_init__(self):
         b, p = self.prompt_ids.shape
@@ -35,6 +38,19 @@ class Rollout:
         if (self.response_mask.sum(1) == 0).any():
             rows = (self.response_mask.sum(1) == 0).nonzero().flatten().tolist()
             raise ValueError(f"responses {rows} are empty: every response needs at least one token")
+        if self.loss_mask is not None:
+            if self.loss_mask.shape != self.response_mask.shape:
+                raise ValueError(f"loss_mask {tuple(self.loss_mask.shape)} != response_mask "
+                                 f"{tuple(self.response_mask.shape)}")
+            self.loss_mask = self.loss_mask.bool() & self.response_mask
+            if (self.loss_mask.sum(1) == 0).any():
+                rows = (self.loss_mask.sum(1) == 0).nonzero().flatten().tolist()
+                raise ValueError(f"response_masks of rows {rows} select no token: every row needs one to train on")
+
+    @property
+    def action_mask(self) -> torch.Tensor:
+        """``[B, T]`` bool: the tokens that carry loss, KL and value (``loss_mask`` or ``response_mask``)."""
+        return self.response_mask if self.loss_mask is None else self.loss_mask
 
     @property
     def input_ids(self) -> torch.Tensor:

@@ -87,6 +87,7 @@ class PPOLearner:
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)  # equal on all ranks: one data order
         self.faults = FaultMonitor(config.max_bad_steps)
         self.iteration = 0
+        self.last_experience: Experience | None = None
         self._warned_offset_scores = False
 
     def learn(self, rollout: Rollout, scores: torch.Tensor) -> dict[str, float]:
@@ -95,11 +96,13 @@ class PPOLearner:
         if self.scheduler is None:
             self.scheduler = self.make_scheduler()
         experience, stats = self.make_experience(rollout, scores)
+        stats["time/experience"] = time.perf_counter() - t0
         stats.update(self.ppo_update(experience))
         self.kl_ctl.update(stats["objective/kl"], rollout.prompt_ids.shape[0] * self.dist.world_size)
         self.iteration += 1
         stats["time/step"] = time.perf_counter() - t0
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.last_experience = experience  # for statistics a caller derives (TRL's keys); freed next iteration
         return stats
 
     # ------------------------------------------------------------------ 1-2. experience and advantages
@@ -111,7 +114,7 @@ class PPOLearner:
         temperature the rollout was sampled at [H24] (``config.temperature`` when unknown)."""
         cfg = self.config
         temperature = rollout.temperature if rollout.temperature is not None else cfg.temperature
-        input_ids, attention_mask, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        input_ids, attention_mask, mask = rollout.input_ids, rollout.attention_mask, rollout.action_mask
         T = mask.shape[1]
         logprobs, ref_logprobs, values, entropy = [], [], [], []
         for rows in torch.arange(input_ids.shape[0], device=input_ids.device).split(cfg.micro_batch_size):
@@ -150,7 +153,7 @@ class PPOLearner:
     def _experience_stats(self, rollout: Rollout, scores: torch.Tensor, kl: torch.Tensor, rewards: torch.Tensor,
                           entropy: torch.Tensor) -> dict[str, float]:
         """Statistics of the global batch: per-row numbers gathered from every process."""
-        mask = rollout.response_mask
+        mask = rollout.action_mask
         rows = self.dist.gather(torch.stack([
             scores.float(), masked_sum(kl, mask, dim=1), rewards.sum(1), mask.sum(1).float(),
             rollout.ended.float(), masked_sum(entropy, mask, dim=1)], dim=1))
@@ -213,6 +216,7 @@ class PPOLearner:
             "loss/policy": totals["loss_policy"] / steps,
             "loss/total": totals["loss_total"] / steps,
             "policy/approxkl": totals["approxkl"] / tokens,
+            "policy/policykl": totals["policykl"] / tokens,
             "policy/clipfrac": totals["pg_clipped"] / tokens,
             "policy/ratio_mean": totals["ratio"] / tokens,
             "policy/grad_norm": totals["grad_norm"] / steps,

@@ -14,8 +14,8 @@ from ..rollout import Rollout, SamplingParams, truncate_after_stop
 # generate() keyword arguments that TRL-era code passes; mapped onto SamplingParams or accepted as no-ops
 _GEN_ALIASES = {"max_new_tokens", "temperature", "top_k", "top_p", "min_new_tokens"}
 _GEN_IGNORED = {"do_sample", "pad_token_id", "eos_token_id", "min_length", "use_cache"}
-# generate() keyword arguments that would sample from another distribution than the softmax(z / T)
-# that scoring computes: the "old" logprobs would be wrong, so they are refused
+# generate() keyword arguments (transformers') that sample from another distribution than the softmax(z / T)
+# that scoring computes: accepted for evaluation; step() will not train on such samples
 _GEN_OFF_POLICY = {"repetition_penalty", "no_repeat_ngram_size", "min_p", "typical_p", "epsilon_cutoff",
                    "eta_cutoff", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "sequence_bias",
                    "encoder_repetition_penalty", "num_beams", "num_beam_groups", "diversity_penalty",
@@ -69,6 +69,7 @@ class SampledResponses:
         self.limit = limit
         self._ids: dict[tuple[str, str], list[int]] = {}  # (repr(prompt), completion text) -> ids
         self._temperature: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+        self._off_policy: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._temperature)
@@ -76,14 +77,27 @@ class SampledResponses:
     def clear(self) -> None:
         self._ids.clear()
         self._temperature.clear()
+        self._off_policy.clear()
 
     def remember(self, prompt_key: str, prompt_ids: list[int], response_ids: list[int], temperature: float,
-                 completion: str | None = None) -> None:
+                 completion: str | None = None, off_policy: Sequence[str] = ()) -> None:
+        """``off_policy``: the generation options that made this sample not one of ``softmax(z / T)``."""
         if len(self) >= self.limit:
             self.clear()
         if completion is not None:
             self._ids[(prompt_key, completion)] = response_ids
-        self._temperature[(tuple(prompt_ids), tuple(response_ids))] = temperature
+        key = (tuple(prompt_ids), tuple(response_ids))
+        self._temperature[key] = temperature
+        if off_policy:
+            self._off_policy[key] = tuple(off_policy)
+
+    def off_policy_of(self, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]]) -> dict[str, list[int]]:
+        """``{option: [rows]}``: the rows sampled with options that are not sampling from π."""
+        found: dict[str, list[int]] = {}
+        for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
+            for option in self._off_policy.get((tuple(p), tuple(r)), ()):
+                found.setdefault(option, []).append(i)
+        return found
 
     def get(self, key: tuple[str, str]) -> list[int] | None:
         """Sampled ids of ``(repr(prompt), completion text)``, or None."""
@@ -129,46 +143,74 @@ def response_token_lists(responses: Sequence[Any], prompt_keys: Sequence[Any], c
 
 
 def build_rollout(prompt_ids: list[list[int]], response_ids: list[list[int]], stop_ids: list[int],
-                  pad_id: int, device, temperature: float | None = None) -> Rollout:
+                  pad_id: int, device, temperature: float | None = None,
+                  loss_masks: list[list[int]] | None = None, eos_ids: list[int] = ()) -> Rollout:
     """Pad prompts left and responses right, cut responses after their first stop token.
-    ``temperature``: the one they were sampled at (None: unknown)."""
+
+    ``temperature``: the one they were sampled at (None: unknown). ``stop_ids`` empty: no cut (TRL's
+    ``step`` trains on every given token); a response then counts as ended when its last token is
+    one of ``eos_ids``. ``loss_masks``: per response, 1 on the tokens that carry loss (TRL's
+    ``response_masks``)."""
     p_ids, p_mask = left_pad(prompt_ids, pad_id)
     r_ids, r_mask = right_pad(response_ids, pad_id)
     # the padding is not part of any response: with pad id == EOS id it must not count as a stop
     ids, mask, ended = truncate_after_stop(r_ids, stop_ids, pad_id, valid=r_mask)
+    if not stop_ids and eos_ids:
+        last = torch.tensor([r[-1] for r in response_ids])
+        ended = torch.isin(last, torch.tensor(list(eos_ids)))
+    loss_mask = None
+    if loss_masks is not None:
+        for i, (m, r) in enumerate(zip(loss_masks, response_ids)):
+            if len(m) != len(r):
+                raise ValueError(f"response_masks[{i}] has {len(m)} entries for a response of {len(r)} tokens")
+        loss_mask = right_pad(loss_masks, 0)[0].bool() & mask
     width = int(mask.sum(1).max())  # trim padding columns left by the cut
     return Rollout(p_ids.to(device), p_mask.to(device), ids[:, :width].to(device),
-                   mask[:, :width].to(device), ended.to(device), temperature=temperature)
+                   mask[:, :width].to(device), ended.to(device), temperature=temperature,
+                   loss_mask=loss_mask[:, :width].to(device) if loss_mask is not None else None)
 
 
-def sampling_params(gen_kwargs: dict, length_sampler, cfg, stop_ids: list[int], pad_token_id: int) -> SamplingParams:
-    """``generate``'s keyword arguments (TRL-era names accepted) over the config's sampling defaults.
+def sampling_params(gen_kwargs: dict, length_sampler, cfg, stop_ids: list[int], pad_token_id: int,
+                    vocab_size: int) -> SamplingParams:
+    """``generate``'s keyword arguments over the config's sampling defaults, with transformers'
+    meaning (the names TRL programs pass).
 
-    Arguments that would sample from another distribution than ``softmax(logits / T)`` are refused:
-    PPO scores that distribution, so its "old" logprobs would be wrong."""
-    off_policy = sorted(set(gen_kwargs) & _GEN_OFF_POLICY)
-    if off_policy:
-        raise ValueError(f"generate: {off_policy} would sample from another distribution than the "
-                         "softmax(logits / temperature) that PPO scores, so its old logprobs would be wrong; "
-                         "sample with temperature / top_k / top_p only")
-    unknown = set(gen_kwargs) - _GEN_ALIASES - _GEN_IGNORED
+    ``eos_token_id``: the tokens that stop generation (an id outside the vocabulary, e.g. -1, means
+    "never stop early"); ``min_length``: total length including the prompt (-1: none);
+    ``do_sample=False``: greedy. Options that sample from another distribution than
+    ``softmax(logits / T)`` (greedy, penalties, beams, ...) are passed to transformers, and the
+    samples are marked so that ``step`` refuses to train on them (TRL programs: warns)."""
+    unknown = set(gen_kwargs) - _GEN_ALIASES - _GEN_IGNORED - _GEN_OFF_POLICY - {"max_length"}
     if unknown:
         raise TypeError(f"generate: unsupported arguments {sorted(unknown)}; supported: "
-                        f"{sorted(_GEN_ALIASES)}")
-    if gen_kwargs.get("do_sample") is False:
-        raise ValueError("generate: do_sample=False is not PPO; PPO needs samples from the policy")
+                        f"{sorted(_GEN_ALIASES | _GEN_IGNORED)} and transformers' {sorted(_GEN_OFF_POLICY)}")
+    do_sample = bool(gen_kwargs.get("do_sample", True))
     temperature = float(gen_kwargs.get("temperature", cfg.temperature))
-    if temperature <= 0:
+    if do_sample and temperature <= 0:
         raise ValueError(f"generate: temperature must be > 0, got {temperature}")
-    max_new = length_sampler() if length_sampler is not None else gen_kwargs.get("max_new_tokens", cfg.max_new_tokens)
+    if "eos_token_id" in gen_kwargs and gen_kwargs["eos_token_id"] is not None:
+        given = gen_kwargs["eos_token_id"]
+        given = list(given) if isinstance(given, (list, tuple)) else [given]
+        stop_ids = [int(t) for t in given if 0 <= int(t) < vocab_size]
+    if length_sampler is not None:
+        max_new = int(length_sampler())
+    elif "max_new_tokens" in gen_kwargs or "max_length" not in gen_kwargs:
+        max_new = int(gen_kwargs.get("max_new_tokens", cfg.max_new_tokens))
+    else:
+        max_new = None  # transformers' max_length (prompt included) decides
+    extra = {k: v for k, v in gen_kwargs.items() if k in _GEN_OFF_POLICY or k == "max_length"}
+    pad = gen_kwargs.get("pad_token_id")
     return SamplingParams(
-        max_new_tokens=int(max_new),
+        max_new_tokens=max_new,
         temperature=temperature,
         top_k=int(gen_kwargs.get("top_k", cfg.top_k) or 0),
         top_p=float(gen_kwargs.get("top_p", cfg.top_p)),
-        min_new_tokens=int(gen_kwargs.get("min_new_tokens", 0)),
+        min_new_tokens=int(gen_kwargs.get("min_new_tokens", 0) or 0),
+        min_length=max(0, int(gen_kwargs.get("min_length", 0) or 0)),
         eos_token_ids=stop_ids,
-        pad_token_id=pad_token_id,
+        pad_token_id=pad_token_id if pad is None else int(pad),
+        do_sample=do_sample,
+        extra=extra,
     )
 
 
@@ -194,3 +236,25 @@ def check_groups(queries: Sequence[Any], k: int) -> None:
         if len(keys) > 1:
             raise ValueError(f"step: rows {start}..{start + k - 1} should be {k} responses to one prompt "
                              f"(num_generations={k}); repeat each prompt {k} times in a row")
+
+
+def response_rows(rollout: Rollout, cut: list[int]) -> list[list[int]]:
+    """Each row's response tokens, up to and including the first token of ``cut``."""
+    rows = []
+    for row, mask in zip(rollout.response_ids, rollout.response_mask):
+        ids = row[mask].tolist()
+        end = next((i + 1 for i, t in enumerate(ids) if t in cut), len(ids))
+        rows.append(ids[:end])
+    return rows
+
+
+def output_forms(prompt_ids: list[list[int]], responses: list[list[int]], tokenizer, text: bool, single: bool,
+                 return_prompt: bool, device):
+    """What ``generate`` returns: completion strings for text prompts; for token prompts 1-D tensors
+    (prompt included unless ``return_prompt=False``); one query gives one string or a ``[1, L]`` tensor."""
+    if text:
+        outs = [tokenizer.decode(r, skip_special_tokens=True) for r in responses]
+        return outs[0] if single else outs
+    outs = [torch.tensor((p if return_prompt else []) + r, dtype=torch.long, device=device)
+            for p, r in zip(prompt_ids, responses)]
+    return outs[0].unsqueeze(0) if single else outs

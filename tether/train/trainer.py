@@ -14,23 +14,21 @@ class owns what the API needs between calls (tokenizer, reward, engine, sampled-
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import nn
 
-from ..algo import masked_sum
 from ..config import PPOConfig
 from ..data.prompts import left_pad
 from ..models.critic import ValueModel
-from ..models.forward import response_forward
 from ..models.loading import prepare_tokenizer
-from ..rewards.base import check_scores
 from ..rollout import HFEngine, Rollout, SamplingParams
+from ..compat.config import apply_trl_defaults
+from ..compat.trl_trainer import (Accelerator, ProgramSchedule, is_tokenizer, log_stats, make_dataloader,
+                                  positional_arguments, trl_tracker, unwrap_models)
 from ..tracking.sinks import check_report_to, make_sinks
 from .allocator import keep_freed_memory
 from .build import make_critic, make_reference, make_reward
@@ -39,14 +37,10 @@ from .loop import show_progress, train_on_dataset
 from .optim import make_optimizer
 from .persistence import DataPosition, read_training_state, save_checkpoint, save_pretrained
 from .ppo import PPOLearner
-from .step_inputs import (SampledResponses, build_rollout, check_groups, flatten_groups, is_text,
-                          prompt_token_lists, response_token_lists, sampling_params)
+from . import step_api
+from .step_inputs import SampledResponses, sampling_params
 
 logger = logging.getLogger(__name__)
-
-# generate() remembers sampled ids for step(); an evaluation loop that never calls step() must not grow it forever
-_SAMPLE_CACHE_LIMIT = 4096
-
 
 def _learner_attribute(name: str) -> property:
     """``trainer.<name>`` reads (and sets) ``trainer.ppo.<name>``: one owner, the learner."""
@@ -58,62 +52,96 @@ class PPOTrainer:
     """PPO for RLHF on any Hugging Face causal LM.
 
     ``PPOTrainer(config, model, tokenizer)`` is the step API of the TRL ≤ 0.11 trainer:
-    ``generate(prompts)`` then ``step(prompts, responses, rewards)``. The TRL 0.11 positional
-    order ``PPOTrainer(config, model, ref_model, tokenizer, dataset)`` is accepted too.
+    ``generate(prompts)`` then ``step(prompts, responses, rewards)``. TRL 0.11's constructor works
+    as it was called there: ``PPOTrainer(config, model, ref_model, tokenizer, dataset, optimizer,
+    data_collator, num_shared_layers, lr_scheduler)`` (``ref_model`` may be None), positionally or by
+    keyword. A TRL value-head model (``tether.AutoModelForCausalLMWithValueHead``) trains its
+    ``pretrained_model`` with its ``v_head``, under TRL 0.11's defaults for every option the config
+    did not set and TRL's ``step`` semantics (docs/coming-from-trl.md).
 
     Keyword arguments:
-        ref_model: frozen reference; default a frozen copy of ``model``, or — when ``model`` is a
-            peft model — the same weights with adapters disabled (no second copy).
+        ref_model: frozen reference; default a frozen copy of ``model`` (``num_shared_layers``: its
+            first layers shared), or — when ``model`` is a peft model — the same weights with
+            adapters disabled (no second copy).
         critic: a ``ValueModel``; default built per ``config.value_model`` / ``config.critic_init``.
         reward_fn: ``fn(prompts, completions) -> scores`` used by ``train()``; or
         reward_model: a sequence-classification model (``RewardModelScorer`` or raw model + its
             tokenizer via ``reward_tokenizer``).
-        dataset: prompts for ``train()`` (JSONL path, ``datasets.Dataset`` or list).
+        dataset: prompts for ``train()`` (JSONL path, ``datasets.Dataset`` or list); also what
+            ``trainer.dataloader`` iterates over (``config.batch_size`` rows, ``data_collator``).
+        optimizer, lr_scheduler: use these instead of tether's AdamW and schedule (the scheduler is
+            stepped once per ``step``, as TRL did).
         engine: rollout engine (default: ``HFEngine`` on the policy).
         log_dir: when set, metrics go to ``log_dir/metrics.jsonl`` (``train(output_dir=...)`` sets it too).
         report_to: extra metric sinks: any of ``tensorboard``, ``wandb``, ``mlflow``.
     """
 
-    def __init__(self, config: PPOConfig, model, tokenizer=None, *trl_positional, ref_model=None,
+    def __init__(self, config: PPOConfig | None = None, model=None, tokenizer=None, *positional, ref_model=None,
                  critic: ValueModel | None = None, reward_fn: Callable | None = None, reward_model=None,
                  reward_tokenizer=None, dataset=None, engine=None, log_dir: str | Path | None = None,
-                 report_to: Sequence[str] = ()):
-        if isinstance(tokenizer, nn.Module):  # TRL 0.11 order: (config, model, ref_model, tokenizer, dataset)
-            ref_model, tokenizer = tokenizer, (trl_positional[0] if trl_positional else None)
-            dataset = trl_positional[1] if len(trl_positional) > 1 else dataset
-        elif trl_positional:
-            dataset = trl_positional[0]
+                 report_to: Sequence[str] = (), optimizer=None, data_collator=None, num_shared_layers=None,
+                 lr_scheduler=None, training_data_collator=None):
+        given = dict(ref_model=ref_model, dataset=dataset, optimizer=optimizer, data_collator=data_collator,
+                     num_shared_layers=num_shared_layers, lr_scheduler=lr_scheduler, tokenizer=None)
+        for name, value in positional_arguments(tokenizer, positional).items():
+            if given.get(name) is not None:
+                raise TypeError(f"PPOTrainer got {name} twice (positionally and by keyword)")
+            given[name] = value
+        tokenizer = given["tokenizer"] if given["tokenizer"] is not None else (tokenizer if is_tokenizer(tokenizer) else None)
         if tokenizer is None:
-            raise TypeError("PPOTrainer needs a tokenizer: PPOTrainer(config, model, tokenizer)")
+            raise TypeError("PPOTrainer needs a tokenizer: PPOTrainer(config, model, tokenizer) or TRL's "
+                            "PPOTrainer(config, model, ref_model, tokenizer)")
         if not isinstance(config, PPOConfig):
             raise TypeError(f"config must be a tether.PPOConfig, got {type(config).__name__}")
+        if model is None:
+            raise TypeError("PPOTrainer needs a model")
         self.config = config
         torch.manual_seed(config.seed)
         self.tokenizer = tokenizer
         prepare_tokenizer(tokenizer)
-        policy = model.eval()  # eval mode throughout: dropout off in every forward [H24]
-        self.device = next(model.parameters()).device
+        models = unwrap_models(model, given["ref_model"], given["num_shared_layers"])
+        self.trl_mode = models.wrapper is not None  # a TRL value-head program: TRL's defaults and step semantics
+        if self.trl_mode:
+            changed = apply_trl_defaults(config)
+            if changed:
+                logger.info("TRL value-head model: TRL 0.11 defaults for the options not set: %s", ", ".join(changed))
+        policy = models.policy.eval()  # eval mode throughout: dropout off in every forward [H24]
+        self.device = next(policy.parameters()).device
         if config.reuse_freed_memory and self.device.type == "cpu":
             keep_freed_memory()
-        ref_model = make_reference(model, ref_model)
+        if config.trl.get("gradient_checkpointing"):
+            policy.gradient_checkpointing_enable()
+        ref = make_reference(policy, models.ref_model)
         self.reward_fn = make_reward(reward_fn, reward_model, reward_tokenizer)
-        critic, value_head = make_critic(config, model, critic, self.reward_fn, reward_model, reward_tokenizer,
-                                         tokenizer, self.device)
+        if models.value_head is not None and config.value_model == "head" and config.needs_critic:
+            critic, value_head = None, models.value_head
+        else:
+            critic, value_head = make_critic(config, policy, critic, self.reward_fn, reward_model, reward_tokenizer,
+                                             tokenizer, self.device)
         critic_module = critic if critic is not None else value_head
-        optimizer = make_optimizer(policy.parameters(), critic_module.parameters() if critic_module else [],
-                                   config.learning_rate, config.critic_learning_rate, config.weight_decay,
-                                   config.adam_eps)
+        if given["optimizer"] is None:
+            given["optimizer"] = make_optimizer(policy.parameters(), critic_module.parameters() if critic_module else [],
+                                                config.learning_rate, config.critic_learning_rate,
+                                                config.weight_decay, config.adam_eps)
         self.dist = Distributed.from_environment()
-        self.ppo = PPOLearner(config, policy, ref_model, critic, value_head, optimizer, self.dist)
+        self.ppo = PPOLearner(config, policy, ref, critic, value_head, given["optimizer"], self.dist)
+        self.lr_scheduler = given["lr_scheduler"]
+        if self.lr_scheduler is not None:  # the program's schedule, stepped once per step(); none of ours
+            self.ppo.scheduler = ProgramSchedule()
+        self.model = models.wrapper if models.wrapper is not None else policy  # what TRL programs call .model
         self.engine = engine if engine is not None else HFEngine(policy)
-        self.dataset = dataset
+        self.dataset = given["dataset"]
+        self.data_collator = given["data_collator"]
+        self.training_data_collator = training_data_collator  # accepted; tether pads inputs itself
         if self.dist.enabled:
             torch.manual_seed(config.seed + self.dist.rank)  # each rank samples its own responses
         self.report_to = check_report_to(report_to)
-        self.sink = self._make_sink(log_dir) if log_dir else None
+        self.sink = self._make_sink(log_dir) if log_dir else trl_tracker(self)
         self._sampled = SampledResponses()  # what generate() sampled, and at which temperature, for step()
         self._prompt_ids: dict = {}  # repr(prompt) -> prompt ids, so step() does not re-tokenise
         self._generate_seconds = 0.0
+        self._warned: set[str] = set()  # departures from TRL already explained once
+        self.current_step = 0
         self.last_stats: dict[str, float] = {}  # of the latest iteration (shown in model cards)
         self.boundary: tuple[dict, DataPosition] | None = None  # RNG + data position a checkpoint stands for
 
@@ -138,82 +166,42 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ public API
 
-    def generate(self, query: Any, length_sampler: Callable[[], int] | None = None,
-                 return_prompt: bool = True, batch_size: int | None = None, **gen_kwargs):
-        """Sample responses.
+    def generate(self, query: Any, length_sampler: Callable[[], int] | None = None, batch_size: int | None = None,
+                 return_prompt: bool = True, generate_ref_response: bool = False, remove_padding: bool = True,
+                 **gen_kwargs):
+        """Sample responses (TRL 0.11's signature and output forms).
 
         ``query``: a prompt string, a list of them (or of chat message lists) -> completion
         string(s); a 1-D token-id tensor -> ``[1, L]`` tensor; a list of 1-D tensors -> list of
-        1-D tensors (TRL ≤ 0.11). Token outputs include the prompt unless ``return_prompt=False``.
-        ``gen_kwargs``: max_new_tokens, temperature, top_k, top_p, min_new_tokens (others that TRL
-        code passes — do_sample, pad_token_id, eos_token_id, min_length — are accepted and ignored:
-        PPO always samples). ``step`` scores these samples at the temperature they were drawn at.
+        1-D tensors. Token outputs include the prompt unless ``return_prompt=False``; responses to a
+        list are cut after their first EOS (``remove_padding``). ``gen_kwargs`` have transformers'
+        meaning: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``min_new_tokens``,
+        ``min_length``, ``eos_token_id`` (-1: never stop early), ``pad_token_id``, ``do_sample``;
+        penalties and beams are passed on for evaluation, but ``step`` will not train on such samples.
+        ``length_sampler()`` draws ``max_new_tokens`` per batch of ``batch_size`` (default: all at
+        once). ``generate_ref_response=True`` also samples the reference: returns ``(response, ref)``.
+        ``step`` scores samples at the temperature they were drawn at.
         """
-        single = isinstance(query, str) or (isinstance(query, torch.Tensor) and query.dim() == 1)
-        queries = [query] if single else list(query)
-        if not queries:
-            raise ValueError("generate: no prompts")
-        params = self._sampling_params(gen_kwargs, length_sampler)
-        text = is_text(queries)
-        prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
-                                        self.config.use_chat_template, self._prompt_ids,
-                                        self.config.prompt_overflow)
-        chunk = batch_size or len(queries)
-        start_time = time.perf_counter()
-        responses: list[list[int]] = []
-        for start in range(0, len(queries), chunk):
-            rollout = self._sample(prompt_ids[start : start + chunk], params)
-            responses += [row[m].tolist() for row, m in zip(rollout.response_ids, rollout.response_mask)]
-        self._generate_seconds += time.perf_counter() - start_time
-        if len(self._sampled) > _SAMPLE_CACHE_LIMIT:  # generate() called many times without step()
-            self._sampled.clear()
-            self._prompt_ids.clear()
-        if text:
-            completions = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-            for q, p, c, ids in zip(queries, prompt_ids, completions, responses):
-                self._sampled.remember(repr(q), p, ids, params.temperature, completion=c)
-            return completions[0] if single else completions
-        for p, r in zip(prompt_ids, responses):
-            self._sampled.remember("", p, r, params.temperature)
-        outs = [torch.tensor((p if return_prompt else []) + r, dtype=torch.long, device=self.device)
-                for p, r in zip(prompt_ids, responses)]
-        return outs[0].unsqueeze(0) if single else outs
+        return step_api.generate(self, query, length_sampler, batch_size, return_prompt, generate_ref_response, remove_padding,
+                                 gen_kwargs)
 
     def step(self, queries: Sequence[Any], responses: Sequence[Any], scores: Sequence[Any],
-             response_masks=None) -> dict[str, float]:
+             response_masks: Sequence[Any] | None = None) -> dict[str, Any]:
         """One PPO iteration on given prompts, responses and scores; returns the stats dict.
 
         queries: prompt strings / chat messages, or 1-D token-id tensors (TRL ≤ 0.11).
         responses: completion strings (ideally from ``generate``), or 1-D response token tensors.
         scores: one number or scalar tensor per response.
+        response_masks: per response, 1 on the tokens to train on (TRL's: e.g. 0 on a tool's output).
+
+        Responses are cut after their first EOS or stop token; with a TRL value-head model every
+        given token is trained on, as TRL did. Stats carry tether's keys and TRL's (``ppo/...``).
 
         Group estimators (``num_generations = k > 1``): pass each prompt k times in a row with its k
         responses, or each prompt once with a list of k responses (``responses[i]`` a list); scores
         are then one per response, flattened in the same order.
         """
-        if response_masks is not None:
-            raise NotImplementedError("response_masks (TRL 0.11) are not supported; pass unpadded responses")
-        queries, responses = flatten_groups(queries, responses)
-        check_groups(queries, self.config.num_generations)
-        n = len(queries)
-        if len(responses) != n:
-            raise ValueError(f"step: {n} queries but {len(responses)} responses")
-        if n != self.config.batch_size:
-            raise ValueError(f"step: got {n} queries, but config.batch_size is {self.config.batch_size}")
-        scores_t = check_scores(scores, n, source="step: scores")
-        prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
-                                        self.config.use_chat_template, self._prompt_ids,
-                                        self.config.prompt_overflow)
-        response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
-        temperature = self._sampled.temperature_of(prompt_ids, response_ids, default=self.config.temperature)
-        rollout = build_rollout(prompt_ids, response_ids, self._stop_ids(), self.tokenizer.pad_token_id,
-                                self.device, temperature)
-        self._sampled.clear()
-        self._prompt_ids.clear()
-        stats = self.record(self.ppo.learn(rollout, scores_t.to(self.device)),
-                            generate_seconds=self._generate_seconds)
-        self._generate_seconds = 0.0
-        return stats
+        return step_api.step(self, queries, responses, scores, response_masks)
 
     def train(self, dataset=None, reward_fn: Callable | None = None, epochs: int = 1,
               max_iterations: int | None = None, output_dir: str | Path | None = None,
@@ -245,49 +233,60 @@ class PPOTrainer:
         and the ``report_to`` sinks); the stats are kept for model cards."""
         stats["time/generate"] = generate_seconds
         stats["time/reward"] = reward_seconds
-        self.last_stats = stats
+        self.last_stats = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         if self.sink is not None:
-            self.sink.log(self.iteration, stats)
+            self.sink.log(self.iteration, self.last_stats)
         return stats
 
     def log_stats(self, stats: dict, batch: dict, rewards, columns_to_log: Sequence[str] = ("query", "response")) -> None:
-        """TRL ≤ 0.11 compatibility: ``step`` already logged ``stats``; this adds the batch's
-        query/response/reward rows to ``samples.jsonl`` next to ``metrics.jsonl`` (when logging)."""
-        if self.sink is None:
-            return
-        queries, responses = (list(batch.get(c, [])) for c in columns_to_log[:2])
-        scores = [float(r.item() if hasattr(r, "item") else r) for r in rewards]
-        path = self.sink.path.parent / "samples.jsonl"
-        with path.open("a", encoding="utf-8") as handle:
-            for q, r, sc in zip(queries, responses, scores):
-                handle.write(json.dumps({"iteration": self.iteration, "prompt": q if isinstance(q, (str, list)) else
-                                         str(q), "completion": r if isinstance(r, str) else str(r), "score": sc}) + "\n")
+        """TRL 0.11's ``log_stats``: ``stats`` plus ``env/reward_mean``, ``env/reward_std`` (of
+        ``rewards``, over every process) to the metric sinks — the run's ``metrics.jsonl`` and the
+        tracker of ``log_with`` / ``report_to`` — and the batch's ``columns_to_log`` with their
+        rewards to ``samples.jsonl`` beside it. Without a log directory or tracker it logs nothing."""
+        log_stats(self, stats, batch, rewards, columns_to_log)
 
-    @torch.no_grad()
+    def log_metrics(self, values: dict, step: int | None = None) -> None:
+        """The scalar entries of ``values`` to the metric sinks (main process; nothing without sinks)."""
+        if self.sink is not None and self.dist.is_main:
+            scalars = {k: float(v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v)
+                       for k, v in values.items() if isinstance(v, (int, float)) or
+                       (isinstance(v, torch.Tensor) and v.numel() == 1)}
+            self.sink.log(self.iteration if step is None else step, scalars)
+
+    @functools.cached_property
+    def dataloader(self):
+        """TRL's ``ppo_trainer.dataloader`` over the constructor's ``dataset``: shuffled batches of
+        ``config.batch_size`` rows, the last partial one dropped, ``data_collator`` as ``collate_fn``;
+        under torchrun each process gets its own shard. None without an indexable dataset."""
+        return make_dataloader(self.dataset, self.config.batch_size, self.data_collator, self.dist,
+                               self.config.remove_unused_columns, self.model, self.config.seed)
+
+    @functools.cached_property
+    def accelerator(self) -> Accelerator:
+        """What TRL programs use of ``accelerate.Accelerator``: ``device``, ``is_main_process``,
+        ``num_processes``, ``unwrap_model``, ``log``, ``gather``, ``wait_for_everyone``, ``print``, ..."""
+        return Accelerator(self)
+
+    @property
+    def current_device(self) -> torch.device:
+        return self.device
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.dist.enabled
+
+    def compute_reward_score(self, input_ids, attention_mask=None, **kwargs):
+        """TRL scored with a reward adapter inside the policy; tether scores with a separate reward model."""
+        raise NotImplementedError("compute_reward_score: reward adapters inside the policy are not supported; "
+                                  "score with a RewardModelScorer (or any function) and pass the scores to step()")
+
     def sequence_kl(self, queries: Sequence[Any], responses: Sequence[Any]) -> list[float]:
         """KL of the policy to the reference on given responses, one number (nats) per response:
         ``Σ_t log π(y_t|·) − log π_ref(y_t|·)`` over the valid response tokens, at the
         temperature they were sampled at (``config.temperature`` for responses not from ``generate``).
         For responses sampled from the policy (``generate``) its mean is an unbiased
         estimate of KL(π‖π_ref) per sequence, the same quantity as ``objective/kl``."""
-        if len(queries) != len(responses):
-            raise ValueError(f"sequence_kl: {len(queries)} queries but {len(responses)} responses")
-        prompt_ids = prompt_token_lists(queries, self.tokenizer, self.config.max_prompt_length,
-                                        self.config.use_chat_template, self._prompt_ids,
-                                        self.config.prompt_overflow)
-        response_ids = response_token_lists(responses, [repr(q) for q in queries], self._sampled, self.tokenizer)
-        temperature = self._sampled.temperature_of(prompt_ids, response_ids, default=self.config.temperature)
-        kls: list[float] = []
-        step = self.config.micro_batch_size
-        for start in range(0, len(queries), step):
-            rollout = build_rollout(prompt_ids[start : start + step], response_ids[start : start + step],
-                                    self._stop_ids(), self.tokenizer.pad_token_id, self.device)
-            ids, attn, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
-            logprobs = response_forward(self.policy, ids, attn, mask.shape[1], temperature).logprobs
-            with self.ppo.reference() as ref:
-                ref_logprobs = response_forward(ref, ids, attn, mask.shape[1], temperature).logprobs
-            kls += masked_sum(logprobs - ref_logprobs, mask, dim=1).tolist()
-        return kls
+        return step_api.sequence_kl(self, queries, responses)
 
     def save_pretrained(self, directory: str | Path, _extra: Callable[[Path], None] | None = None) -> Path:
         """Write an HF-format checkpoint atomically: policy (or its peft adapters) and tokenizer at
@@ -322,17 +321,24 @@ class PPOTrainer:
         return ids
 
     def _sampling_params(self, gen_kwargs: dict, length_sampler) -> SamplingParams:
-        return sampling_params(gen_kwargs, length_sampler, self.config, self._stop_ids(), self.tokenizer.pad_token_id)
+        return sampling_params(gen_kwargs, length_sampler, self.config, self._stop_ids(), self.tokenizer.pad_token_id,
+                               len(self.tokenizer))
 
-    def _sample(self, prompt_ids: list[list[int]], params: SamplingParams) -> Rollout:
+    def _sample(self, prompt_ids: list[list[int]], params: SamplingParams, model=None) -> Rollout:
+        """Sample through the engine (``model`` given: through an HF engine on that model)."""
         ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
-        self.engine.update_weights(self.policy)
-        return self.engine.generate(ids.to(self.device), mask.to(self.device), params)
+        engine = self.engine if model is None else HFEngine(model)
+        engine.update_weights(self.policy if model is None else model)
+        return engine.generate(ids.to(self.device), mask.to(self.device), params)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
 
     def _decode(self, rollout: Rollout) -> list[str]:
         rows = [r[m].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask)]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-
 
 
 

@@ -1,0 +1,138 @@
+"""The step API of ``PPOTrainer`` (TRL ≤ 0.11's ``generate`` → your reward → ``step``), as functions
+of the trainer: what users pass is checked and turned into a ``Rollout`` (step_inputs.py), sampled
+through the engine, and handed to ``PPOLearner.learn`` (ppo.py) for one PPO iteration."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..algo import masked_sum
+from ..compat.trl_trainer import trl_sampling_departures, trl_stats
+from ..models.forward import response_forward
+from ..rewards.base import check_scores
+from .step_inputs import (as_id_list, build_rollout, check_groups, flatten_groups, is_text, output_forms,
+                          prompt_token_lists, response_rows, response_token_lists)
+
+# generate() remembers sampled ids for step(); an evaluation loop that never calls step() must not grow it forever
+SAMPLE_CACHE_LIMIT = 4096
+
+
+def generate(trainer, query: Any, length_sampler: Callable[[], int] | None, batch_size: int | None,
+             return_prompt: bool, generate_ref_response: bool, remove_padding: bool, gen_kwargs: dict):
+    """``PPOTrainer.generate``."""
+    single = isinstance(query, str) or (isinstance(query, torch.Tensor) and query.dim() == 1)
+    if isinstance(query, torch.Tensor) and query.dim() != 1:
+        raise ValueError("generate: query must be a 1-D token tensor or a list of them, got shape "
+                         f"{tuple(query.shape)}")
+    queries = [query] if single else list(query)
+    if not queries:
+        raise ValueError("generate: no prompts")
+    if trainer.trl_mode:
+        for key, message in trl_sampling_departures(gen_kwargs):
+            trainer._warn_once(key, message)
+    text = is_text(queries)
+    prompt_ids = prompt_token_lists(queries, trainer.tokenizer, trainer.config.max_prompt_length,
+                                    trainer.config.use_chat_template, trainer._prompt_ids,
+                                    trainer.config.prompt_overflow)
+    chunk = batch_size or len(queries)
+    start_time = time.perf_counter()
+    responses, references, params = [], [], None
+    for start in range(0, len(queries), chunk):
+        params = trainer._sampling_params(gen_kwargs, length_sampler)
+        cut = params.eos_token_ids + ([trainer.tokenizer.eos_token_id] if remove_padding and not single else [])
+        rollout = trainer._sample(prompt_ids[start : start + chunk], params)
+        responses += response_rows(rollout, cut)
+        if generate_ref_response:
+            with trainer.ppo.reference() as ref:
+                references += response_rows(trainer._sample(prompt_ids[start : start + chunk], params, ref), cut)
+    trainer._generate_seconds += time.perf_counter() - start_time
+    if len(trainer._sampled) > SAMPLE_CACHE_LIMIT:  # generate() called many times without step()
+        trainer._sampled.clear()
+        trainer._prompt_ids.clear()
+    completions = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True) if text else [None] * len(queries)
+    for q, p, c, ids in zip(queries, prompt_ids, completions, responses):
+        trainer._sampled.remember(repr(q) if text else "", p, ids, params.temperature, completion=c,
+                                  off_policy=params.off_policy)
+    outs = output_forms(prompt_ids, responses, trainer.tokenizer, text, single, return_prompt, trainer.device)
+    if generate_ref_response:
+        return outs, output_forms(prompt_ids, references, trainer.tokenizer, text, single, return_prompt, trainer.device)
+    return outs
+
+
+def step(trainer, queries: Sequence[Any], responses: Sequence[Any], scores: Sequence[Any],
+         response_masks: Sequence[Any] | None) -> dict[str, Any]:
+    """``PPOTrainer.step``: user input -> Rollout -> one PPO iteration (``PPOLearner.learn``) -> stats."""
+    queries, responses = flatten_groups(queries, responses)
+    check_groups(queries, trainer.config.num_generations)
+    n = len(queries)
+    if len(responses) != n:
+        raise ValueError(f"step: {n} queries but {len(responses)} responses")
+    if n != trainer.config.batch_size:
+        raise ValueError(f"step: got {n} queries, but config.batch_size is {trainer.config.batch_size}")
+    if response_masks is not None and len(response_masks) != n:
+        raise ValueError(f"step: {n} responses but {len(response_masks)} response_masks")
+    scores_t = check_scores([s.squeeze() if isinstance(s, torch.Tensor) else s for s in scores], n,
+                            source="step: scores")
+    prompt_ids = prompt_token_lists(queries, trainer.tokenizer, trainer.config.max_prompt_length,
+                                    trainer.config.use_chat_template, trainer._prompt_ids,
+                                    trainer.config.prompt_overflow)
+    response_ids = response_token_lists(responses, [repr(q) for q in queries], trainer._sampled, trainer.tokenizer)
+    _check_on_policy(trainer, prompt_ids, response_ids)
+    temperature = trainer._sampled.temperature_of(prompt_ids, response_ids, default=trainer.config.temperature)
+    masks = None if response_masks is None else [as_id_list(m, "response_masks", i) if not isinstance(m, torch.Tensor)
+                                                else m.long().tolist() for i, m in enumerate(response_masks)]
+    stop_ids = [] if trainer.trl_mode else trainer._stop_ids()
+    rollout = build_rollout(prompt_ids, response_ids, stop_ids, trainer.tokenizer.pad_token_id, trainer.device,
+                            temperature, loss_masks=masks, eos_ids=[trainer.tokenizer.eos_token_id])
+    trainer._sampled.clear()
+    trainer._prompt_ids.clear()
+    stats = trainer.ppo.learn(rollout, scores_t.to(trainer.device))
+    if trainer.lr_scheduler is not None:
+        trainer.lr_scheduler.step()
+    stats.update(trl_stats(stats, trainer.ppo.last_experience, [len(p) for p in prompt_ids], trainer.dist,
+                           arrays=trainer.trl_mode))
+    stats = trainer.record(stats, generate_seconds=trainer._generate_seconds)
+    trainer._generate_seconds = 0.0
+    return stats
+
+
+@torch.no_grad()
+def sequence_kl(trainer, queries: Sequence[Any], responses: Sequence[Any]) -> list[float]:
+    """``PPOTrainer.sequence_kl``."""
+    if len(queries) != len(responses):
+        raise ValueError(f"sequence_kl: {len(queries)} queries but {len(responses)} responses")
+    prompt_ids = prompt_token_lists(queries, trainer.tokenizer, trainer.config.max_prompt_length,
+                                    trainer.config.use_chat_template, trainer._prompt_ids,
+                                    trainer.config.prompt_overflow)
+    response_ids = response_token_lists(responses, [repr(q) for q in queries], trainer._sampled, trainer.tokenizer)
+    temperature = trainer._sampled.temperature_of(prompt_ids, response_ids, default=trainer.config.temperature)
+    kls: list[float] = []
+    step = trainer.config.micro_batch_size
+    for start in range(0, len(queries), step):
+        rollout = build_rollout(prompt_ids[start : start + step], response_ids[start : start + step],
+                                trainer._stop_ids(), trainer.tokenizer.pad_token_id, trainer.device)
+        ids, attn, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        logprobs = response_forward(trainer.policy, ids, attn, mask.shape[1], temperature).logprobs
+        with trainer.ppo.reference() as ref:
+            ref_logprobs = response_forward(ref, ids, attn, mask.shape[1], temperature).logprobs
+        kls += masked_sum(logprobs - ref_logprobs, mask, dim=1).tolist()
+    return kls
+
+
+def _check_on_policy(trainer, prompt_ids, response_ids) -> None:
+    """Samples drawn greedily or with penalties are not samples of π: refused (TRL programs: warned)."""
+    found = trainer._sampled.off_policy_of(prompt_ids, response_ids)
+    if not found:
+        return
+    what = "; ".join(f"{option} (rows {rows[:8]})" for option, rows in found.items())
+    message = (f"step: responses sampled with {what} are not samples of the policy's softmax(logits / T), "
+               "which PPO's old logprobs describe")
+    if not trainer.trl_mode:
+        raise ValueError(message + "; sample them with temperature / top_k / top_p only")
+    trainer._warn_once("off-policy", message + "; training on them anyway, as TRL did")
+
+
+__all__ = ["SAMPLE_CACHE_LIMIT", "generate", "sequence_kl", "step"]
