@@ -25,6 +25,7 @@ VARIANTS = {
                                                    whiten_scores=True, entropy_coef=0.01),
     "lora+seq-mean": dict(loss_aggregation="seq-mean-token-mean", kl_loss_coef=0.1),
     "reinforce_pp": dict(algorithm="reinforce_pp"),
+    "trl-value-head-model": dict(),  # a TRL program: AutoModelForCausalLMWithValueHead, TRL's defaults
 }
 
 
@@ -33,9 +34,16 @@ def run_variant(name: str, dist: Distributed) -> dict:
     model = tiny_llama(tokenizer)
     if name.startswith("lora"):
         model = apply_lora(model, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    if name.startswith("trl"):
+        from tether import AutoModelForCausalLMWithValueHead
+
+        model = AutoModelForCausalLMWithValueHead.from_pretrained(model)
     per_rank = GLOBAL_BATCH // dist.world_size
+    # TRL's geometry is per process (its default: an optimiser step per mini batch); one global step
+    # of the whole batch keeps the two runs comparable
+    geometry = dict(gradient_accumulation_steps=per_rank // 2) if name.startswith("trl") else {}
     config = PPOConfig(batch_size=per_rank, mini_batch_size=2, ppo_epochs=1, seed=0,
-                       **VARIANTS[name])
+                       **VARIANTS[name], **geometry)
     trainer = PPOTrainer(config, model, tokenizer)
     # plain SGD for this check: its update is lr x gradient, so parameters agree as closely as the
     # gradients do. AdamW divides by sqrt(v): on near-zero gradients it turns float noise (which
@@ -53,7 +61,7 @@ def run_variant(name: str, dist: Distributed) -> dict:
             if critic is not None:
                 grads.update({f"critic.{n}": p.grad.clone() for n, p in critic.named_parameters()})
     params = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
-    return {"stats": [{k: v for k, v in s.items() if not k.startswith("time/")} for s in stats],
+    return {"stats": [{k: v for k, v in s.items() if not k.startswith("time/") and isinstance(v, float)} for s in stats],
             "grads": grads, "params": params, "initial": initial}
 
 

@@ -178,8 +178,8 @@ class PPOTrainer:
         meaning: ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``, ``min_new_tokens``,
         ``min_length``, ``eos_token_id`` (-1: never stop early), ``pad_token_id``, ``do_sample``;
         penalties and beams are passed on for evaluation, but ``step`` will not train on such samples.
-        ``length_sampler()`` draws ``max_new_tokens`` per batch of ``batch_size`` (default: all at
-        once). ``generate_ref_response=True`` also samples the reference: returns ``(response, ref)``.
+        ``length_sampler()`` draws ``max_new_tokens`` per batch of ``batch_size`` (default: 4 with a
+        length sampler, as TRL; else all at once). ``generate_ref_response=True`` also samples the reference: returns ``(response, ref)``.
         ``step`` scores samples at the temperature they were drawn at.
         """
         return step_api.generate(self, query, length_sampler, batch_size, return_prompt, generate_ref_response, remove_padding,
