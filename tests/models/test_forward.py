@@ -95,3 +95,18 @@ def test_bf16_logits_are_upcast_before_the_temperature_division(model, tokenizer
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, upcast_first, rtol=0, atol=1e-4)
     assert (divided_in_bf16 - upcast_first).abs().max() > 1e-3  # the check can tell the two apart
+
+
+def test_chunked_logprobs_and_entropy_equal_the_whole_batch(monkeypatch):
+    import tether.models.forward as forward
+    from tether.algo import entropy_from_logits, logprobs_from_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, 300)
+    tokens = torch.randint(0, 300, (5, 7))
+    whole_lp = logprobs_from_logits(logits.float() / 0.8, tokens)
+    whole_h = entropy_from_logits(logits.float() / 0.8)
+    monkeypatch.setattr(forward, "CHUNK_ELEMENTS", 2 * 7 * 300)  # two rows at a time: chunks 2, 2, 1
+    lp, h = forward.token_logprobs(logits, tokens, 0.8, with_entropy=True)
+    torch.testing.assert_close(lp, whole_lp, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h, whole_h, rtol=1e-6, atol=1e-6)

@@ -44,7 +44,7 @@ KEPT = {
     "push_to_hub_if_best_kwargs": {}, "steps": 20000, "world_size": None, "optimize_cuda_cache": None,
     "optimize_device_cache": False, "early_stopping": False, "target_kl": 1.0, "compare_steps": 1,
     "ratio_threshold": 10.0, "use_score_scaling": False, "use_score_norm": False, "whiten_rewards": False,
-    "gradient_checkpointing": False, "is_encoder_decoder": None, "is_peft_model": None,
+    "is_encoder_decoder": None, "is_peft_model": None,
     "global_backward_batch_size": None, "global_batch_size": None, "dataset_num_proc": None,
 }
 

@@ -66,17 +66,34 @@ def response_forward(
         kwargs["output_hidden_states"] = True
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 use_cache=False, **kwargs)
-    # upcast before dividing: in bf16 the division itself rounds (0.02 nats per token on average)
-    logits = out.logits[:, -(response_len + 1) : -1, :].float() / temperature
-    response = input_ids[:, -response_len:]
+    logprobs, entropy = token_logprobs(out.logits[:, -(response_len + 1) : -1, :], input_ids[:, -response_len:],
+                                       temperature, with_entropy)
     values = None
     if value_head is not None:
         values = value_head(out.hidden_states[-1][:, -(response_len + 1) : -1, :])
-    return ResponseOutput(
-        logprobs=logprobs_from_logits(logits, response),
-        entropy=entropy_from_logits(logits) if with_entropy else None,
-        values=values,
-    )
+    return ResponseOutput(logprobs=logprobs, entropy=entropy, values=values)
+
+
+# float32 elements of the temperature-scaled logits held at once (64 MiB): rows are taken in chunks so
+# scoring never materialises a second full [B, T, V] float32 tensor beside the model's logits
+CHUNK_ELEMENTS = 1 << 24
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logprobs, entropy)`` ``[B, T]`` float32 of ``tokens`` ``[B, T]`` under ``logits`` ``[B, T, V]``.
+
+    Logits are upcast to float32 *before* the division by ``temperature`` (in bf16 the division
+    itself rounds: 0.02 nats per token on average), a chunk of rows at a time."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
+    logprobs, entropy = [], []
+    for start in range(0, logits.shape[0], rows):
+        scaled = logits[start : start + rows].float() / temperature
+        logprobs.append(logprobs_from_logits(scaled, tokens[start : start + rows]))
+        if with_entropy:
+            entropy.append(entropy_from_logits(scaled))
+        del scaled
+    return torch.cat(logprobs), (torch.cat(entropy) if with_entropy else None)
 
 
 def critic_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:

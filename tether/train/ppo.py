@@ -55,6 +55,7 @@ from .distributed import Distributed
 from .estimators import estimate_advantages, kl_in_loss
 from .faults import FaultMonitor
 from .optim import make_scheduler
+from .precision import Precision, checkpointing_active
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +67,15 @@ class PPOLearner:
     (``ref_model``; None with LoRA: the policy with adapters disabled), their optimiser and LR
     scheduler, the KL controller, the minibatch shuffle generator, the fault counter and the
     iteration count. Under data parallelism the loss forward/backward runs on DDP wrappers of the
-    trained modules; scoring and saving use the modules themselves.
+    trained modules; scoring and saving use the modules themselves. Every forward runs in
+    ``precision.autocast()`` (bf16 under ``bf16-mixed``, nothing under ``fp32``).
     """
 
     def __init__(self, config: PPOConfig, policy: nn.Module, ref_model: nn.Module | None,
                  critic: nn.Module | None, value_head: nn.Module | None, optimizer: torch.optim.Optimizer,
-                 dist: Distributed):
+                 dist: Distributed, precision: Precision | None = None):
         self.config = config
+        self.precision = precision or Precision("fp32", "cpu", "default")
         self.policy, self.ref_model, self.critic, self.value_head = policy, ref_model, critic, value_head
         self.optimizer = optimizer
         self.scheduler = None  # built at the first iteration: train() may fill in total_steps first
@@ -120,15 +123,16 @@ class PPOLearner:
         for rows in torch.arange(input_ids.shape[0], device=input_ids.device).split(cfg.micro_batch_size):
             # drop the columns that are padding in every row of this micro-batch; pad the outputs back to T
             ids, attn, t = trim_padding_columns(input_ids[rows], attention_mask[rows], mask[rows])
-            out = response_forward(self.policy, ids, attn, t, temperature, self.value_head, with_entropy=True)
-            with self.reference() as ref:
-                ref_out = response_forward(ref, ids, attn, t, temperature)
-            if out.values is not None:
-                row_values = out.values
-            elif self.critic is not None:
-                row_values = critic_values(self.critic, ids, attn, t)
-            else:
-                row_values = torch.zeros_like(out.logprobs)
+            with self.precision.autocast():
+                out = response_forward(self.policy, ids, attn, t, temperature, self.value_head, with_entropy=True)
+                with self.reference() as ref:
+                    ref_out = response_forward(ref, ids, attn, t, temperature)
+                if out.values is not None:
+                    row_values = out.values
+                elif self.critic is not None:
+                    row_values = critic_values(self.critic, ids, attn, t)
+                else:
+                    row_values = torch.zeros_like(out.logprobs)
             for outputs, x in ((logprobs, out.logprobs), (entropy, out.entropy), (ref_logprobs, ref_out.logprobs),
                                (values, row_values)):
                 outputs.append(torch.nn.functional.pad(x, (0, T - t)))
@@ -254,16 +258,19 @@ class PPOLearner:
         """Loss of one micro-batch, normalised by the minibatch's global counts; backward; add stats to ``sums``."""
         cfg = self.config
         T = mb.response_len
-        out = response_forward(self._train_policy, mb.input_ids, mb.attention_mask, T, mb.temperature,
-                               self._train_value_head, with_entropy=cfg.entropy_coef > 0)
+        with self.precision.autocast(), checkpointing_active(self.policy, self.critic):  # bf16 under bf16-mixed
+            out = response_forward(self._train_policy, mb.input_ids, mb.attention_mask, T, mb.temperature,
+                                   self._train_value_head, with_entropy=cfg.entropy_coef > 0)
+            critic_out = None
+            if self.critic is not None:
+                critic_out = critic_values(self._train_critic, mb.input_ids, mb.attention_mask, T)
         agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
         pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
                                             cfg.cliprange, cfg.dual_clip, **agg)
         loss = pg_loss
         vf_stats: dict[str, torch.Tensor] = {}
         if self.has_critic:
-            new_values = out.values if out.values is not None else critic_values(
-                self._train_critic, mb.input_ids, mb.attention_mask, T)
+            new_values = out.values if out.values is not None else critic_out
             vf_loss, vf_stats = value_loss(new_values, mb.values, mb.returns, mb.response_mask,
                                            cfg.cliprange_value, **agg)
             loss = loss + cfg.vf_coef * vf_loss

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
 
 from ..config import PPOConfig
 from ..data.prompts import left_pad
@@ -37,6 +38,7 @@ from .loop import show_progress, train_on_dataset
 from .optim import make_optimizer
 from .persistence import DataPosition, read_training_state, save_checkpoint, save_pretrained
 from .ppo import PPOLearner
+from .precision import Precision, enable_checkpointing
 from . import step_api
 from .step_inputs import SampledResponses, sampling_params
 
@@ -109,22 +111,28 @@ class PPOTrainer:
         self.device = next(policy.parameters()).device
         if config.reuse_freed_memory and self.device.type == "cpu":
             keep_freed_memory()
-        if config.trl.get("gradient_checkpointing"):
-            policy.gradient_checkpointing_enable()
-        ref = make_reference(policy, models.ref_model)
+        self.precision = Precision.resolve(config.precision, self.device)
+        logger.info(self.precision.describe())
+        policy = self.precision.prepare(policy)
+        ref = self.precision.prepare(make_reference(policy, models.ref_model))
         self.reward_fn = make_reward(reward_fn, reward_model, reward_tokenizer)
         if models.value_head is not None and config.value_model == "head" and config.needs_critic:
             critic, value_head = None, models.value_head
         else:
             critic, value_head = make_critic(config, policy, critic, self.reward_fn, reward_model, reward_tokenizer,
                                              tokenizer, self.device)
+        critic, value_head = self.precision.prepare(critic), self.precision.prepare(value_head)
+        if self.precision.mixed and isinstance(getattr(self.reward_fn, "model", None), nn.Module):
+            self.reward_fn.model.to(torch.bfloat16)  # frozen: stored in bf16
+        if config.gradient_checkpointing or config.trl.get("gradient_checkpointing"):
+            enable_checkpointing(policy, critic)
         critic_module = critic if critic is not None else value_head
         if given["optimizer"] is None:
             given["optimizer"] = make_optimizer(policy.parameters(), critic_module.parameters() if critic_module else [],
                                                 config.learning_rate, config.critic_learning_rate,
                                                 config.weight_decay, config.adam_eps)
         self.dist = Distributed.from_environment()
-        self.ppo = PPOLearner(config, policy, ref, critic, value_head, given["optimizer"], self.dist)
+        self.ppo = PPOLearner(config, policy, ref, critic, value_head, given["optimizer"], self.dist, self.precision)
         self.lr_scheduler = given["lr_scheduler"]
         if self.lr_scheduler is not None:  # the program's schedule, stepped once per step(); none of ours
             self.ppo.scheduler = ProgramSchedule()
@@ -329,7 +337,8 @@ class PPOTrainer:
         ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
         engine = self.engine if model is None else HFEngine(model)
         engine.update_weights(self.policy if model is None else model)
-        return engine.generate(ids.to(self.device), mask.to(self.device), params)
+        with self.precision.autocast():
+            return engine.generate(ids.to(self.device), mask.to(self.device), params)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
