@@ -404,8 +404,13 @@ class RewardConfig:
     samples, when given) score mean 0 and std 1; the scorer applies them."""
     seed: int = 0
     """Seed for initialisation and shuffling."""
+    precision: str = "auto"
+    """fp32 | bf16-mixed | auto, as for PPO: forwards under bf16 autocast with float32 weights and
+    AdamW state; auto follows the hardware."""
 
     def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16-mixed"):
+            raise ConfigError(f"precision: {self.precision!r} is not one of ['auto', 'fp32', 'bf16-mixed']")
         for name in ("batch_size", "epochs", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from .config import ConfigError, ModelConfig, PPOConfig, RewardConfig, from_dict, parse_override, to_dict
 from .evaluation import win_rate_interval
+from .tracking.metrics import peak_rss_mib
 from .models.loading import LoraSettings
 
 logger = logging.getLogger(__name__)
@@ -105,11 +105,6 @@ def _merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _mean(xs: Sequence[float]) -> float:

@@ -61,7 +61,9 @@ def run_variant(name: str, dist: Distributed) -> dict:
             if critic is not None:
                 grads.update({f"critic.{n}": p.grad.clone() for n, p in critic.named_parameters()})
     params = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
-    return {"stats": [{k: v for k, v in s.items() if not k.startswith("time/") and isinstance(v, float)} for s in stats],
+    per_process = ("time/", "memory/")  # timings and memory differ between processes by nature
+    return {"stats": [{k: v for k, v in s.items() if not k.startswith(per_process) and isinstance(v, float)}
+                      for s in stats],
             "grads": grads, "params": params, "initial": initial}
 
 

@@ -93,3 +93,16 @@ def test_precision_option_is_validated():
 
     with pytest.raises(ConfigError, match="precision"):
         PPOConfig(precision="fp16")
+
+
+def test_reward_trainer_takes_the_precision_option(tokenizer):
+    from tiny import tiny_reward_model
+
+    from tether import RewardConfig, RewardTrainer
+
+    pairs = [{"prompt": "p", "chosen": "good answer", "rejected": "bad"}] * 4
+    model = tiny_reward_model(tokenizer).to(torch.bfloat16)
+    trainer = RewardTrainer(RewardConfig(batch_size=2, epochs=1, precision="bf16-mixed"), model, tokenizer, pairs)
+    assert trainer.precision.mixed and all(p.dtype == torch.float32 for p in model.parameters())
+    history = trainer.train(progress=False)
+    assert history and history[0]["train/loss"] > 0

@@ -223,3 +223,10 @@ def test_step_with_pad_equal_to_eos_does_not_end_responses_that_never_produced_e
     assert stats["tokens/response_len_mean"] == pytest.approx(2.5)
     # KL is 0 on the first step (policy == reference): the reward is the penalty score alone
     assert stats["objective/rlhf_reward"] == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_stats_report_peak_memory(model, tokenizer):
+    trainer = make_trainer(model, tokenizer)
+    stats = trainer.step(PROMPTS, ["yes", "no", "maybe", "ok"], [1.0, 0.0, 0.5, 0.2])
+    assert 0.05 < stats["memory/peak_rss_gib"] < 64  # this process: torch and the tiny model
+    assert "memory/gpu_peak_gib" not in stats  # CPU run

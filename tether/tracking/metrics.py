@@ -53,3 +53,23 @@ def truncate_jsonl(path: str | Path, key: str, last: int) -> int:
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
     return dropped
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (Linux reports KiB; macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def memory_stats(device) -> dict[str, float]:
+    """``memory/peak_rss_gib`` (the process) and, on a CUDA device, ``memory/gpu_peak_gib``
+    (``torch.cuda.max_memory_allocated``): peaks so far."""
+    import torch
+
+    stats = {"memory/peak_rss_gib": peak_rss_mib() / 1024}
+    if torch.device(device).type == "cuda":
+        stats["memory/gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return stats

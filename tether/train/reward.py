@@ -26,6 +26,7 @@ from ..tracking.checkpoint import write_atomically, write_json
 from ..tracking.model_card import write_model_card
 from ..tracking.sinks import make_sinks
 from .optim import make_scheduler
+from .precision import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class RewardTrainer:
         self.eval_pairs = load_preferences(eval_dataset) if eval_dataset is not None else []
         self._warn_over_long(self.train_pairs, "training")
         self.device = next(model.parameters()).device
+        self.precision = Precision.resolve(config.precision, self.device)
+        self.precision.prepare(model)
+        logger.info("reward model: %s", self.precision.describe())
         self.generator = torch.Generator().manual_seed(config.seed)
         self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                            lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -123,7 +127,8 @@ class RewardTrainer:
         prompts = [p.prompt for p in batch] * 2
         completions = [p.chosen for p in batch] + [p.rejected for p in batch]
         enc = encode_pairs(self.tokenizer, prompts, completions, self.config.max_length).to(self.device)
-        logits = self.model(**enc).logits[:, 0].float()
+        with self.precision.autocast():
+            logits = self.model(**enc).logits[:, 0].float()
         return logits[: len(batch)], logits[len(batch) :]
 
     # ------------------------------------------------------------------ evaluation and scoring

@@ -30,6 +30,7 @@ from ..rollout import HFEngine, Rollout, SamplingParams
 from ..compat.config import apply_trl_defaults
 from ..compat.trl_trainer import (Accelerator, ProgramSchedule, is_tokenizer, log_stats, make_dataloader,
                                   positional_arguments, trl_tracker, unwrap_models)
+from ..tracking.metrics import memory_stats
 from ..tracking.sinks import check_report_to, make_sinks
 from .allocator import keep_freed_memory
 from .build import make_critic, make_reference, make_reward
@@ -241,6 +242,7 @@ class PPOTrainer:
         and the ``report_to`` sinks); the stats are kept for model cards."""
         stats["time/generate"] = generate_seconds
         stats["time/reward"] = reward_seconds
+        stats.update(memory_stats(self.device))
         self.last_stats = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         if self.sink is not None:
             self.sink.log(self.iteration, self.last_stats)
