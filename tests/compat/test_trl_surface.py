@@ -346,3 +346,14 @@ def test_trl_quickstart_runs_as_written(model, tokenizer, tmp_path):
     model.save_pretrained(tmp_path / "my-fine-tuned-model-ppo")
     AutoModelForCausalLM.from_pretrained(tmp_path / "my-fine-tuned-model-ppo")
     assert ppo_trainer.accelerator.state.deepspeed_plugin is None
+
+
+def test_a_trainer_checkpoint_reloads_as_a_value_head_model(wrapped, tokenizer, tmp_path):
+    from tether import AutoModelForCausalLMWithValueHead
+
+    trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=1), wrapped, None, tokenizer)
+    with torch.no_grad():
+        wrapped.v_head.summary.bias.fill_(0.25)
+    trainer.save_pretrained(tmp_path / "ckpt")
+    again = AutoModelForCausalLMWithValueHead.from_pretrained(str(tmp_path / "ckpt"))
+    assert again.v_head.summary.bias.item() == pytest.approx(0.25)

@@ -101,11 +101,15 @@ class PreTrainedModelWrapper(nn.Module):
         return wrapper
 
     def _load_v_head(self, directory: str) -> None:
-        path = Path(directory) / V_HEAD_FILE
-        if path.exists():
-            from safetensors.torch import load_file
+        """The value head saved beside the model: by this class, or by ``PPOTrainer.save_pretrained``."""
+        from safetensors.torch import load_file
 
-            self.v_head.load_state_dict(load_file(path))
+        from ..models.critic import VALUE_HEAD_FILE
+
+        for name in (V_HEAD_FILE, VALUE_HEAD_FILE):
+            if (Path(directory) / name).exists():
+                self.v_head.load_state_dict(load_file(Path(directory) / name))
+                return
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """The wrapped model (or its adapters) as transformers saves it, plus ``v_head.safetensors``."""
