@@ -61,8 +61,9 @@ def main() -> None:
     parser.add_argument("--whiten-scores", action="store_true",
                         help="PPOConfig(whiten_scores=True): scores to mean 0, std 1 over each batch (for raw-scale "
                              "rewards such as len(r))")
-    parser.add_argument("--value-head", action="store_true",
-                        help="PPOConfig(value_model='head'): a value head on the policy instead of a separate critic")
+    parser.add_argument("--separate-critic", action="store_true",
+                        help="PPOConfig(value_model='separate'): a critic network of its own instead of the default "
+                             "value head on the policy")
     args = parser.parse_args()
     reward = REWARDS[args.reward]
 
@@ -70,7 +71,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     config = PPOConfig(model_name=MODEL, learning_rate=1e-5, batch_size=args.batch_size, ppo_epochs=4,
-                       whiten_scores=args.whiten_scores, value_model="head" if args.value_head else "separate")
+                       whiten_scores=args.whiten_scores, **({"value_model": "separate"} if args.separate_critic else {}))
     ppo_trainer = PPOTrainer(config, model, tokenizer)
 
     pool = load_prompts("builtin:instructions")

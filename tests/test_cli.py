@@ -36,6 +36,7 @@ train:
   batch_size: 4
   mini_batch_size: 2
   ppo_epochs: 1
+  value_model: separate
   max_new_tokens: 4
 """)
     out = tmp_path / "run"

@@ -64,3 +64,13 @@ def test_configuration_reference_is_in_sync():
 
     doc = Path(__file__).parents[1] / "docs" / "configuration.md"
     assert doc.read_text() == config_markdown() + "\n"
+
+
+def test_critic_init_needs_a_separate_critic():
+    from tether import PPOConfig
+    from tether.config import ConfigError
+
+    assert PPOConfig().value_model == "head"  # the measured default (README: the seed program)
+    with pytest.raises(ConfigError, match="critic_init='reward_model' initialises a separate critic"):
+        PPOConfig(critic_init="reward_model")
+    assert PPOConfig(critic_init="reward_model", value_model="separate").critic_init == "reward_model"

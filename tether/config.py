@@ -146,10 +146,12 @@ class PPOConfig:
     """token-mean | seq-mean-token-mean."""
 
     # --- critic ---
-    value_model: str = "separate"
-    """separate: a critic network of its own; head: a value head on the policy's hidden states."""
+    value_model: str = "head"
+    """head: a value head on the policy's hidden states; separate: a critic network of its own (the
+    TL;DR recipe; twice the time and ~1.7x the memory per iteration on a 135M model, measured)."""
     critic_init: str = "policy"
-    """Weights of a separate critic: policy | reward_model (needs the policy's tokenizer)."""
+    """Weights of a separate critic (value_model: separate): policy | reward_model (needs the policy's
+    tokenizer)."""
 
     # --- faults ---
     max_bad_steps: int = 3
@@ -244,6 +246,9 @@ class PPOConfig:
             raise ConfigError(f"cliprange must be > 0, got {self.cliprange}")
         if self.max_bad_steps < 0:
             raise ConfigError(f"max_bad_steps must be ≥ 0, got {self.max_bad_steps}")
+        if self.critic_init != "policy" and self.value_model != "separate":
+            raise ConfigError(f"critic_init={self.critic_init!r} initialises a separate critic: set "
+                              "value_model='separate' too")
         if self.adaptive_kl and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be > 0 with adaptive_kl, got {self.kl_target}")
 

@@ -20,10 +20,10 @@ RESPONSES = ["yes", "no way", "a longer answer here", "ok", "fine then", "b", "m
 SCORES = [0.5, -1.0, 2.0, 0.0, 1.5, -0.5, 0.25, 1.0]
 SGD_LR = 1.0
 VARIANTS = {
-    "separate-critic": dict(),
+    "separate-critic": dict(value_model="separate"),
     "value-head+adaptive-kl+whitened-scores": dict(value_model="head", adaptive_kl=True, kl_target=0.01,
                                                    whiten_scores=True, entropy_coef=0.01),
-    "lora+seq-mean": dict(loss_aggregation="seq-mean-token-mean", kl_loss_coef=0.1),
+    "lora+seq-mean": dict(loss_aggregation="seq-mean-token-mean", kl_loss_coef=0.1, value_model="separate"),
     "reinforce_pp": dict(algorithm="reinforce_pp"),
     "trl-value-head-model": dict(),  # a TRL program: AutoModelForCausalLMWithValueHead, TRL's defaults
 }

@@ -24,7 +24,7 @@ def fixed_rollout(tokenizer, n=8):
 
 def grads_of_one_step(model, tokenizer, micro, accumulation, aggregation="token-mean"):
     config = PPOConfig(batch_size=8, mini_batch_size=micro, gradient_accumulation_steps=accumulation,
-                       ppo_epochs=1, loss_aggregation=aggregation, entropy_coef=0.01, kl_loss_coef=0.1)
+                       ppo_epochs=1, value_model="separate", loss_aggregation=aggregation, entropy_coef=0.01, kl_loss_coef=0.1)
     trainer = PPOTrainer(config, copy.deepcopy(model), tokenizer)
     experience, _ = trainer.make_experience(fixed_rollout(tokenizer), torch.arange(8.0))
     trainer.optimizer.zero_grad()
@@ -121,7 +121,7 @@ def test_value_model_is_saved_and_reloads(model, tokenizer, tmp_path):
     from tether.models import ValueModel
 
     trainer = PPOTrainer(PPOConfig(batch_size=8, mini_batch_size=4, ppo_epochs=1, learning_rate=1e-2,
-                                   max_new_tokens=4), model, tokenizer)
+                                   max_new_tokens=4, value_model="separate"), model, tokenizer)
     responses = trainer.generate(PROMPTS)
     trainer.step(PROMPTS, responses, [float(len(r)) for r in responses])
     out = trainer.save_pretrained(tmp_path / "ckpt")

@@ -37,7 +37,7 @@ def test_lora_reference_is_the_base_model_with_adapters_disabled(model, tokenize
 
 def test_lora_critic_is_a_plain_copy_of_the_base(model, tokenizer):
     policy = apply_lora(model, LoraSettings(r=4, target_modules=["q_proj", "v_proj"]))
-    trainer = PPOTrainer(PPOConfig(batch_size=4), policy, tokenizer)
+    trainer = PPOTrainer(PPOConfig(batch_size=4, value_model="separate"), policy, tokenizer)
     names = [n for n, _ in trainer.critic.named_parameters()]
     assert names and not any("lora_" in n for n in names)
 

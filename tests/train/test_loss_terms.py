@@ -53,7 +53,7 @@ def test_critic_initialised_from_reward_model(model, tokenizer):
     from tiny import tiny_reward_model, tiny_tokenizer
 
     rm = tiny_reward_model(tokenizer, hidden=32)
-    trainer = PPOTrainer(PPOConfig(batch_size=8, critic_init="reward_model"), model, tokenizer,
+    trainer = PPOTrainer(PPOConfig(batch_size=8, value_model="separate", critic_init="reward_model"), model, tokenizer,
                          reward_model=rm, reward_tokenizer=tokenizer)
     torch.testing.assert_close(trainer.critic.head.summary.weight, rm.score.weight)
     ids = torch.tensor([[5, 6, 7]])
@@ -63,13 +63,13 @@ def test_critic_initialised_from_reward_model(model, tokenizer):
     from tether.rewards import RewardModelScorer
 
     scorer = RewardModelScorer(rm, tokenizer, shift=2.0, scale=4.0)
-    trainer = PPOTrainer(PPOConfig(batch_size=8, critic_init="reward_model"), model, tokenizer, reward_model=scorer)
+    trainer = PPOTrainer(PPOConfig(batch_size=8, value_model="separate", critic_init="reward_model"), model, tokenizer, reward_model=scorer)
     values = trainer.critic(ids, torch.ones_like(ids), torch.arange(3)[None])
     torch.testing.assert_close(values[0, -1], (rm(input_ids=ids).logits[0, 0] - 2.0) / 4.0, rtol=1e-5, atol=1e-5)
     other = tiny_tokenizer(chat_template=False)
     other.add_tokens(["<extra>"])
     with pytest.raises(ValueError, match="needs a reward model with the policy's tokenizer"):
-        PPOTrainer(PPOConfig(batch_size=8, critic_init="reward_model"), model, tokenizer,
+        PPOTrainer(PPOConfig(batch_size=8, value_model="separate", critic_init="reward_model"), model, tokenizer,
                    reward_model=tiny_reward_model(other), reward_tokenizer=other)
 
 

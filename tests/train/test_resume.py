@@ -24,10 +24,10 @@ def reward(prompts, completions):
 
 
 VARIANTS = {
-    "separate-critic": dict(),
+    "separate-critic": dict(value_model="separate"),
     "value-head+adaptive-kl+linear-lr": dict(value_model="head", adaptive_kl=True, kl_target=0.5,
                                              lr_scheduler="linear", warmup_steps=2),
-    "lora": dict(),
+    "lora": dict(value_model="separate"),
     "grpo": dict(algorithm="grpo", num_generations=2, batch_size=8),
 }
 
