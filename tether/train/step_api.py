@@ -116,9 +116,10 @@ def sequence_kl(trainer, queries: Sequence[Any], responses: Sequence[Any]) -> li
         rollout = build_rollout(prompt_ids[start : start + step], response_ids[start : start + step],
                                 trainer._stop_ids(), trainer.tokenizer.pad_token_id, trainer.device)
         ids, attn, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask
-        logprobs = response_forward(trainer.policy, ids, attn, mask.shape[1], temperature).logprobs
-        with trainer.ppo.reference() as ref:
-            ref_logprobs = response_forward(ref, ids, attn, mask.shape[1], temperature).logprobs
+        with trainer.precision.autocast():
+            logprobs = response_forward(trainer.policy, ids, attn, mask.shape[1], temperature).logprobs
+            with trainer.ppo.reference() as ref:
+                ref_logprobs = response_forward(ref, ids, attn, mask.shape[1], temperature).logprobs
         kls += masked_sum(logprobs - ref_logprobs, mask, dim=1).tolist()
     return kls
 
