@@ -61,12 +61,11 @@ class SampledResponses:
     were sampled with (an evaluation ``generate`` at another temperature in between changes nothing).
 
     Completion strings map to their sampled ids (re-tokenising text can change them); every sample,
-    text or tensor, maps ``(prompt ids, response ids)`` to its sampling temperature. Bounded: an
-    evaluation loop that calls ``generate`` without ``step`` clears it past ``limit`` entries.
+    text or tensor, maps ``(prompt ids, response ids)`` to its sampling temperature. ``generate``
+    clears it past ``step_api.SAMPLE_CACHE_LIMIT`` entries (an evaluation loop that never calls ``step``).
     """
 
-    def __init__(self, limit: int = 4096):
-        self.limit = limit
+    def __init__(self):
         self._ids: dict[tuple[str, str], list[int]] = {}  # (repr(prompt), completion text) -> ids
         self._temperature: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
         self._off_policy: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[str, ...]] = {}
@@ -82,8 +81,6 @@ class SampledResponses:
     def remember(self, prompt_key: str, prompt_ids: list[int], response_ids: list[int], temperature: float,
                  completion: str | None = None, off_policy: Sequence[str] = ()) -> None:
         """``off_policy``: the generation options that made this sample not one of ``softmax(z / T)``."""
-        if len(self) >= self.limit:
-            self.clear()
         if completion is not None:
             self._ids[(prompt_key, completion)] = response_ids
         key = (tuple(prompt_ids), tuple(response_ids))
