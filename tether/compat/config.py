@@ -128,8 +128,6 @@ def trl_field(config, name: str) -> Any:
     given = config.__dict__.get("trl", {})
     if name == "total_ppo_epochs":
         return int(math.ceil(trl_field(config, "steps") / config.batch_size))
-    if name == "backward_batch_size":
-        return config.micro_batch_size * config.accumulation_steps
     if name in given:
         return given[name]
     if name == "exp_name":  # TRL: the script's name
