@@ -1,6 +1,7 @@
 """tether vs TRL's PPOTrainer on the same work: time per iteration, tokens/s, peak memory, overhead.
 
     .venv/bin/python benchmarks/vs_trl.py                       # 3 timed iterations each, ~35 min on 2 cores
+    .venv/bin/python benchmarks/vs_trl.py --iterations 2 --peers trl0114 --reward rule   # the seed program
     .venv/bin/python benchmarks/vs_trl.py --iterations 2 --peers trl0114
     .venv/bin/python benchmarks/vs_trl.py --budget-minutes 5    # + reward reached in the same wall-clock time
     .venv/bin/python benchmarks/vs_trl.py --budget-minutes 5 --budget-only --peers trl0114
@@ -16,8 +17,11 @@ Peers, each installed by this script into its own virtual environment under the 
 
 Same work for all: SmolLM2-135M-Instruct (dequantised to safetensors once), the same chat-rendered
 prompt token ids, batch 16, up to 48 new tokens at temperature 1, 4 PPO epochs of minibatches of 4
-(16 optimiser steps), full fine-tuning unless LoRA is named, float32, the same reward model (SmolLM2 backbone with a
-seeded one-label head), 2 CPU threads. Runs alternate peer by peer; each run's first iteration is a
+(16 optimiser steps), full fine-tuning unless LoRA is named, the same reward (``--reward model``: a SmolLM2 backbone with a
+seeded one-label head, scored by each worker; ``--reward rule``: the seed program's rule ``1 - len(r)/200``
+on the decoded text, no reward model in the process), 2 CPU threads. TRL runs in float32 (it has no mixed
+precision for this API); tether at its default precision (``auto``: bf16-mixed on CPUs with
+AVX512-BF16/AMX, fp32 on AVX2-only CPUs; ``--precision`` pins it). Runs alternate peer by peer; each run's first iteration is a
 warm-up and is not timed. tether's overhead ratio = its iteration time / the time of the work no
 implementation can avoid, measured in the same process (generation with the KV cache, one forward
 per scoring model, forward+backward+AdamW per minibatch).
@@ -132,9 +136,11 @@ def mean(xs):
 
 def report_timings(results: dict, peers: list[str], args) -> dict:
     """Print the table of the timed runs, the tether/TRL ratios and tether's overhead ratio."""
-    print(f"\nSame work: SmolLM2-135M, batch 16 x <= 48 tokens, 4 PPO epochs x 4 minibatches, fp32, "
-          f"{args.threads} threads; {args.iterations} timed iterations x {args.rounds} round(s)\n")
-    print(f"{'run':<26} {'s / iteration':>13} {'gen. tokens/s':>13} {'peak RSS GiB':>12}")
+    from tether.tracking.metrics import hardware_description
+
+    print(f"\nSame work: SmolLM2-135M, batch 16 x <= 48 tokens, 4 PPO epochs x 4 minibatches, {args.reward} reward, "
+          f"{args.threads} threads; {args.iterations} timed iterations x {args.rounds} round(s)\nCPU: {hardware_description('cpu')}\n")
+    print(f"{'run':<34} {'s / iteration':>13} {'gen. tokens/s':>13} {'peak RSS GiB':>12}")
     summary = {}
     for label, runs in results.items():
         secs = [s for r in runs for s in timed(r)]
@@ -142,7 +148,7 @@ def report_timings(results: dict, peers: list[str], args) -> dict:
         rss = max(r["peak_rss_mib"] for r in runs) / 1024
         tps = sum(toks) / sum(secs) if toks else float("nan")
         summary[label] = {"seconds": mean(secs), "tokens_per_s": tps, "rss_gib": rss}
-        print(f"{runs[0]['peer']:<26} {mean(secs):>13.1f} {tps:>13.1f} {rss:>12.2f}")
+        print(f"{runs[0]['peer']:<34} {mean(secs):>13.1f} {tps:>13.1f} {rss:>12.2f}")
     print()
     for name in peers:
         ours, theirs = summary[ours_label(name)], summary[name]
@@ -165,6 +171,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternations of all runs")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reward", choices=("rule", "model"), default="model",
+                        help="rule: the seed program's 1 - len(r)/200 (no reward model); model: a reward model's score")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16-mixed"), default="auto",
+                        help="tether's precision (TRL always runs in float32)")
     parser.add_argument("--budget-minutes", type=float, default=0.0,
                         help="also run each peer for this long and compare the reward reached")
     parser.add_argument("--budget-only", action="store_true", help="skip the timed runs (with --budget-minutes)")
@@ -174,7 +184,7 @@ def main() -> None:
     policy, reward = prepare_models(root)
     base = {"policy": str(policy), "reward_model": str(reward), "batch_size": 16, "mini_batch_size": 4,
             "ppo_epochs": 4, "learning_rate": 1e-5, "max_new_tokens": 48, "seed": 0, "threads": args.threads,
-            "budget_seconds": 0}
+            "budget_seconds": 0, "reward": args.reward, "precision": args.precision}
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         parser.error(f"--peers: unknown {unknown}; choose from {sorted(PEERS)}")

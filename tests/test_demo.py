@@ -52,6 +52,7 @@ def test_demo_runs_end_to_end_on_tiny_models(tmp_path, model, tokenizer):
         assert isinstance(summary[key], float), key
     assert 0 <= summary["rm_accuracy"] <= 1 and 0 <= summary["gold_win_rate"] <= 1
     assert summary["iterations"] == 2 and summary["kl"] == summary["kl"]  # finite, not NaN
+    assert summary["precision"] in ("fp32", "bf16-mixed") and "cores" in summary["hardware"]  # what the figures ran on
     assert json.loads((out / "summary.json").read_text()) == summary
     for name in ("config.yaml", "metrics.jsonl", "curves.png", "report.md", "final/adapter_config.json",
                  "reward_model/config.json", "reward_model/tether_reward_normalization.json",

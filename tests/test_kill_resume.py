@@ -40,7 +40,7 @@ def tether(*args):
 
 def metrics(run):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))} for r in rows]  # measurements, not results
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, run_config):

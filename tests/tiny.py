@@ -38,7 +38,7 @@ def tiny_llama(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32, **ov
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=False, **overrides)
+                         **{"tie_word_embeddings": False, **overrides})
     return LlamaForCausalLM(config).eval()
 
 

@@ -29,7 +29,7 @@ import torch
 
 from .config import ConfigError, ModelConfig, PPOConfig, RewardConfig, from_dict, parse_override, to_dict
 from .evaluation import win_rate_interval
-from .tracking.metrics import peak_rss_mib
+from .tracking.metrics import hardware_description, peak_rss_mib
 from .models.loading import LoraSettings
 
 logger = logging.getLogger(__name__)
@@ -287,6 +287,8 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
         "wall_seconds": round(time.perf_counter() - start, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "stage_seconds": stage_seconds,
+        "precision": trainer.precision.mode,
+        "hardware": hardware_description(trainer.device),
     }
     from .tracking.plots import plot_curves
 

@@ -36,6 +36,18 @@ def score(reward_model, pad_id, sequences):
     return [float(x) for x in reward_model.score(last)[:, 0]]
 
 
+def rule_scores(tokenizer, responses):
+    """The seed program's rule reward, ``1 - len(r) / 200`` on the decoded response text (shorter is better)."""
+    return [1 - len(tokenizer.decode(r, skip_special_tokens=True)) / 200 for r in responses]
+
+
+def job_scores(job, tokenizer, reward_model, batch, responses):
+    """Each response's score: the rule (``job["reward"] == "rule"``) or the reward model's."""
+    if job.get("reward", "model") == "rule":
+        return rule_scores(tokenizer, [r.tolist() for r in responses])
+    return score(reward_model, tokenizer.pad_token_id, [q + r.tolist() for q, r in zip(batch, responses)])
+
+
 def report(result, path):
     result.setdefault("peak_rss_mib", peak_rss_mib())
     with open(path, "w") as handle:

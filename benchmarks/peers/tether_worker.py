@@ -7,7 +7,7 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from common import Clock, load_job, peak_rss_mib, report, score
+from common import Clock, job_scores, load_job, peak_rss_mib, report
 
 from tether import PPOConfig, PPOTrainer
 from tether.data.prompts import left_pad, right_pad
@@ -21,13 +21,16 @@ if job.get("lora_r"):  # the same adapters as the peer's; the reference is the p
     from tether.models.loading import LoraSettings, apply_lora
 
     model = apply_lora(model, LoraSettings(r=job["lora_r"], alpha=2 * job["lora_r"]))
-reward_model = AutoModelForSequenceClassification.from_pretrained(job["reward_model"]).eval()
 separate = job["value_model"] == "separate"
+reward_model = None  # the seed program's rule reward needs none; a critic from the reward model does
+if job.get("reward", "model") == "model" or separate:
+    reward_model = AutoModelForSequenceClassification.from_pretrained(job["reward_model"]).eval()
 config = PPOConfig(batch_size=job["batch_size"], mini_batch_size=job["mini_batch_size"], gradient_accumulation_steps=1,
                    ppo_epochs=job["ppo_epochs"], learning_rate=job["learning_rate"], max_new_tokens=job["max_new_tokens"],
                    temperature=1.0, value_model=job["value_model"], critic_init="reward_model" if separate else "policy",
-                   seed=job["seed"], use_chat_template=False)
-trainer = PPOTrainer(config, model, tokenizer, reward_model=reward_model, reward_tokenizer=tokenizer)
+                   seed=job["seed"], use_chat_template=False, **({"precision": job["precision"]} if job.get("precision") else {}))
+trainer = PPOTrainer(config, model, tokenizer, **({"reward_model": reward_model, "reward_tokenizer": tokenizer}
+                                                  if reward_model is not None else {}))
 seconds, tokens, rewards = [], [], []
 start = time.perf_counter()
 for it in range(job["iterations"]):
@@ -37,12 +40,12 @@ for it in range(job["iterations"]):
     queries = [torch.tensor(q) for q in batch]
     clock = Clock()
     responses = trainer.generate(queries, return_prompt=False, max_new_tokens=job["max_new_tokens"])
-    scores = score(reward_model, tokenizer.pad_token_id, [q + r.tolist() for q, r in zip(batch, responses)])
+    scores = job_scores(job, tokenizer, reward_model, batch, responses)
     trainer.step(queries, responses, scores)
     seconds.append(clock.lap())
     tokens.append(sum(len(r) for r in responses))
     rewards.append(sum(scores) / len(scores))
-result = {"peer": f"tether ({job['value_model']} critic{', LoRA' if job.get('lora_r') else ''})", "seconds": seconds, "tokens": tokens, "rewards": rewards,
+result = {"peer": f"tether ({job['value_model']} critic{', LoRA' if job.get('lora_r') else ''}, {trainer.precision.mode})", "seconds": seconds, "tokens": tokens, "rewards": rewards,
           "elapsed": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib()}  # before the extra optimiser below
 
 if job["overhead"]:
@@ -53,11 +56,11 @@ if job["overhead"]:
     length = resp_ids.shape[1]
     parts = {}
     clock = Clock()
-    with torch.no_grad():
+    with torch.no_grad(), trainer.precision.autocast():  # the same precision as the trainer's
         model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(), do_sample=True, max_new_tokens=length,
                        min_new_tokens=length, pad_token_id=tokenizer.pad_token_id)
         parts["generate (KV cache)"] = clock.lap()
-        keep = length + 1  # only response positions need logits
+        keep = torch.arange(ids.shape[1] - length - 1, ids.shape[1])  # only response positions need logits
         model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=keep)
         parts["forward policy (+ values)"] = clock.lap()
         if trainer.ref_model is not None:
@@ -66,8 +69,9 @@ if job["overhead"]:
             with model.disable_adapter():
                 model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
         parts["forward reference"] = clock.lap()
-        reward_model(input_ids=ids, attention_mask=mask)
-        parts["forward reward model"] = clock.lap()
+        if reward_model is not None:
+            reward_model(input_ids=ids, attention_mask=mask)
+            parts["forward reward model"] = clock.lap()
         if separate:
             trainer.critic.backbone(input_ids=ids, attention_mask=mask)
             parts["forward critic"] = clock.lap()
@@ -76,14 +80,15 @@ if job["overhead"]:
     head = trainer.value_head
     for _ in range(job["ppo_epochs"]):
         for rows in torch.arange(len(batch)).split(job["mini_batch_size"]):
-            out = model(input_ids=ids[rows], attention_mask=mask[rows], output_hidden_states=head is not None,
-                        logits_to_keep=length + 1)
-            loss = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(
-                -1, resp_ids[rows].unsqueeze(-1)).mean()
-            if head is not None:
-                loss = loss + head(out.hidden_states[-1]).mean()
-            if separate:
-                loss = loss + trainer.critic(ids[rows], mask[rows], None).mean()
+            with trainer.precision.autocast():
+                out = model(input_ids=ids[rows], attention_mask=mask[rows], output_hidden_states=head is not None,
+                            logits_to_keep=keep)
+                loss = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(
+                    -1, resp_ids[rows].unsqueeze(-1)).mean()
+                if head is not None:
+                    loss = loss + head(out.hidden_states[-1]).mean()
+                if separate:
+                    loss = loss + trainer.critic(ids[rows], mask[rows], None).mean()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
-from common import Clock, load_job, report, score
+from common import Clock, job_scores, load_job, report
 
 job = load_job(sys.argv[1])
 torch.set_num_threads(job["threads"])
@@ -24,7 +24,9 @@ if job.get("lora_r"):  # adapters on the attention projections; the reference is
 else:
     model = AutoModelForCausalLMWithValueHead.from_pretrained(job["policy"])
     ref = AutoModelForCausalLMWithValueHead.from_pretrained(job["policy"])
-reward_model = AutoModelForSequenceClassification.from_pretrained(job["reward_model"]).eval()
+reward_model = None  # the seed program's rule reward needs none
+if job.get("reward", "model") == "model":
+    reward_model = AutoModelForSequenceClassification.from_pretrained(job["reward_model"]).eval()
 config = PPOConfig(model_name=job["policy"], learning_rate=job["learning_rate"], batch_size=job["batch_size"],
                    mini_batch_size=job["mini_batch_size"], gradient_accumulation_steps=1, ppo_epochs=job["ppo_epochs"],
                    seed=job["seed"], log_with=None)
@@ -40,7 +42,7 @@ for it in range(job["iterations"]):
     queries = [torch.tensor(q) for q in batch]
     clock = Clock()
     responses = trainer.generate(queries, return_prompt=False, batch_size=len(queries), **gen)
-    scores = score(reward_model, tokenizer.pad_token_id, [q + r.tolist() for q, r in zip(batch, responses)])
+    scores = job_scores(job, tokenizer, reward_model, batch, responses)
     trainer.step(queries, list(responses), [torch.tensor(s) for s in scores])
     seconds.append(clock.lap())
     tokens.append(sum(len(r) for r in responses))

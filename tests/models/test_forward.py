@@ -110,3 +110,26 @@ def test_chunked_logprobs_and_entropy_equal_the_whole_batch(monkeypatch):
     lp, h = forward.token_logprobs(logits, tokens, 0.8, with_entropy=True)
     torch.testing.assert_close(lp, whole_lp, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(h, whole_h, rtol=1e-6, atol=1e-6)
+
+
+def test_lm_head_is_one_matmul_for_a_bf16_model():
+    """The kept hidden states reach the LM head as a contiguous [B·T, H] block: a sliced view made
+    torch's matmul fall back to a batched matmul over B copies of the [H, V] weight (2.4x slower
+    for SmolLM2 in bf16 on CPU). The log-probs are those of the model's full logits."""
+    from torch.profiler import profile
+
+    from tiny import tiny_llama, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(tokenizer).to(torch.bfloat16).requires_grad_(False)  # as the frozen reference is
+    ids = torch.randint(3, len(tokenizer), (3, 12))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16), profile(record_shapes=True) as prof:
+        out = response_forward(model, ids, mask, 5, 1.0)  # as the trainer scores under bf16-mixed
+    lm_head = [e for e in prof.events() if e.name in ("aten::bmm", "aten::mm")
+               and e.input_shapes and e.input_shapes[-1][-1] == len(tokenizer)]
+    assert lm_head and all(e.name == "aten::mm" for e in lm_head)
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, -6:-1].float()
+    torch.testing.assert_close(out.logprobs, torch.log_softmax(full, -1).gather(-1, ids[:, -5:, None])[..., 0],
+                               rtol=0, atol=0.02)  # bf16 logits; positions from the same mask

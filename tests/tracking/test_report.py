@@ -35,3 +35,15 @@ def test_report_of_a_reward_model_run_plots_its_metrics(tmp_path):
     written = write_report(run)
     assert {"train_loss", "eval_accuracy", "curves"} <= set(written)
     assert "| train/loss | 0.6 | 0.6 |" in written["markdown"].read_text()
+
+
+def test_hardware_description_names_the_cpu_and_its_float_instructions():
+    from tether.tracking.metrics import describe_cpu, hardware_description
+
+    info = ("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse avx avx2 fma\n"
+            "processor\t: 1\nmodel name\t: other\nflags\t\t: avx512f avx512_bf16\n")
+    assert describe_cpu(info, 2) == "AMD EPYC 7B13, 2 cores, AVX2"  # the first processor's
+    bf16 = "model name : Intel(R) Xeon(R)\nflags : avx2 avx512f avx512_bf16 amx_bf16\n"
+    assert describe_cpu(bf16, 2) == "Intel(R) Xeon(R), 2 cores, AVX2 / AVX-512 / AVX512-BF16 / AMX-BF16"
+    assert describe_cpu("", 4, "arm64", "NO AVX") == "arm64, 4 cores, capability NO AVX"
+    assert "cores" in hardware_description("cpu")

@@ -119,3 +119,51 @@ def test_bf16_mixed_step_api_end_to_end(model, tokenizer):
     assert all(abs(k) < 0.5 for k in kls)  # policy == reference up to bf16 rounding of the reference copy
     stats = trainer.step(prompts, responses, [1.0, -1.0])
     assert all(torch.isfinite(torch.tensor(v)) for k, v in stats.items() if isinstance(v, float))
+
+
+def test_math_attention_for_short_bf16_training_forwards_on_cpu(model, tokenizer):
+    """On a CPU under bf16-mixed a short training forward uses sdpa's math kernel (its flash kernel's
+    bf16 backward is slow there); long ones, fp32 and CUDA keep sdpa's own choice. The kernel
+    changes the arithmetic order only: gradients agree with the default kernel's to bf16 rounding."""
+    from torch.nn.attention import SDPBackend
+
+    mixed = Precision("bf16-mixed", "cpu", "test")
+    with mixed.training_attention(model, 4, 110):
+        assert torch.backends.cuda.math_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored on exit
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    too_long = int((precision_module.MATH_ATTENTION_BYTES / (4 * heads * layers * 6)) ** 0.5) + 1
+    for precision, length in ((mixed, too_long), (Precision("fp32", "cpu", "t"), 110), (Precision("bf16-mixed", "cuda", "t"), 110)):
+        with precision.training_attention(model, 4, length):
+            assert torch.backends.cuda.flash_sdp_enabled()
+    assert SDPBackend.MATH  # the kernel named in the docstring exists in this torch
+
+    ids = torch.randint(3, len(tokenizer), (4, 24))
+    grads = []
+    for context in (mixed.training_attention(model, 4, 24), torch.autocast("cpu", torch.bfloat16)):
+        m = copy.deepcopy(model).float()
+        with torch.autocast("cpu", torch.bfloat16), context:
+            loss = m(input_ids=ids).logits.float().logsumexp(-1).mean()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
+    assert (grads[0] - grads[1]).norm() / grads[1].norm() < 0.05  # bf16 rounding of two orders of sums
+
+
+def test_reference_is_copied_in_bf16_directly_with_ties_kept(tokenizer):
+    """Under bf16-mixed the frozen reference is made in bf16 parameter by parameter (no full-precision
+    copy first); tied weights stay one tensor; buffers and the policy are untouched."""
+    from tether.train.build import make_reference
+    from tiny import tiny_llama
+
+
+    policy = tiny_llama(tokenizer, tie_word_embeddings=True)
+    ref = make_reference(policy, None, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in ref.parameters())
+    assert ref.lm_head.weight is ref.model.embed_tokens.weight  # still tied
+    assert ref.model.embed_tokens.weight.data_ptr() != policy.model.embed_tokens.weight.data_ptr()
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in policy.parameters())
+    assert [b.dtype for b in ref.buffers()] == [b.dtype for b in policy.buffers()]
+    torch.testing.assert_close(ref.model.embed_tokens.weight.float(), policy.model.embed_tokens.weight,
+                               rtol=2**-8, atol=0)  # bf16 rounding of the same weights
+    same = make_reference(policy, None)  # fp32: an exact copy
+    assert all(torch.equal(a, b) for a, b in zip(same.parameters(), policy.parameters()))

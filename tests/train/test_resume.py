@@ -44,7 +44,7 @@ def make_trainer(variant: str) -> PPOTrainer:
 
 
 def without_times(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))} for r in rows]  # measurements, not results
 
 
 def read_metrics(run):

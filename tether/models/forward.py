@@ -60,14 +60,19 @@ def response_forward(
     """
     position_ids = position_ids_from_mask(attention_mask)
     kwargs = {}
+    length = input_ids.shape[1]
     if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = response_len + 1  # skip LM-head work on prompt positions
+        # LM-head work only at the T positions that predict response tokens. As positions (not a
+        # count) the kept hidden states are a contiguous copy, so the LM head is one matmul; a
+        # sliced view makes torch's matmul fall back to a batched matmul over B copies of the
+        # [hidden, vocab] weight (2.4x slower for a bf16 model on CPU).
+        kwargs["logits_to_keep"] = torch.arange(length - response_len - 1, length - 1, device=input_ids.device)
     if value_head is not None:
         kwargs["output_hidden_states"] = True
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 use_cache=False, **kwargs)
-    logprobs, entropy = token_logprobs(out.logits[:, -(response_len + 1) : -1, :], input_ids[:, -response_len:],
-                                       temperature, with_entropy)
+    logits = out.logits if "logits_to_keep" in kwargs else out.logits[:, -(response_len + 1) : -1, :]
+    logprobs, entropy = token_logprobs(logits, input_ids[:, -response_len:], temperature, with_entropy)
     values = None
     if value_head is not None:
         values = value_head(out.hidden_states[-1][:, -(response_len + 1) : -1, :])

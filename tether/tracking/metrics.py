@@ -64,6 +64,44 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def hardware_description(device="cpu") -> str:
+    """What a performance figure ran on: the GPU's name, or the CPU model, its core count and the
+    instruction sets that decide float speed and rounding (AVX2 / AVX-512 / AVX512-BF16 / AMX-BF16)."""
+    import os
+    import platform
+
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpuinfo = handle.read()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    return describe_cpu(cpuinfo, os.cpu_count(), platform.processor() or platform.machine(),
+                        torch.backends.cpu.get_cpu_capability())
+
+
+def describe_cpu(cpuinfo: str, cores: int | None, fallback_name: str = "CPU", capability: str = "") -> str:
+    """``"<model>, <n> cores, AVX2 / AVX-512 / AVX512-BF16 / AMX-BF16"`` from ``/proc/cpuinfo`` text
+    (its first processor's ``model name`` and ``flags``); torch's capability where there are no flags."""
+    model, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    named = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                     ("amx_bf16", "AMX-BF16")) if flag in flags]
+    isa = " / ".join(named) if named else f"capability {capability or 'unknown'}"
+    return f"{model or fallback_name}, {cores} cores, {isa}"
+
+
 def memory_stats(device) -> dict[str, float]:
     """``memory/peak_rss_gib`` (the process) and, on a CUDA device, ``memory/gpu_peak_gib``
     (``torch.cuda.max_memory_allocated``): peaks so far."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from ..config import PPOConfig
@@ -17,12 +18,20 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def make_reference(model: nn.Module, ref_model: nn.Module | None) -> nn.Module | None:
+def make_reference(model: nn.Module, ref_model: nn.Module | None, dtype: torch.dtype | None = None) -> nn.Module | None:
     """The given reference, frozen; else a frozen copy of ``model``; None for a peft model, whose
-    reference is the same weights with the adapters disabled (no second copy) [H24]."""
+    reference is the same weights with the adapters disabled (no second copy) [H24].
+
+    ``dtype``: the copy's floating-point parameters are made in it directly (bf16 under bf16-mixed),
+    never as a full-precision copy first, which would leave the process a copy's size larger."""
     if ref_model is not None:
         return _freeze(ref_model)
-    return None if is_peft(model) else _freeze(copy.deepcopy(model))
+    if is_peft(model):
+        return None
+    memo = {id(p): nn.Parameter(p.detach().to(dtype) if dtype is not None and p.is_floating_point() else p.detach().clone(),
+                                requires_grad=False)
+            for p in model.parameters()}  # tied weights stay tied: one copy per parameter object
+    return _freeze(copy.deepcopy(model, memo))
 
 
 def make_reward(reward_fn, reward_model, reward_tokenizer):

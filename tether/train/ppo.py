@@ -258,7 +258,8 @@ class PPOLearner:
         """Loss of one micro-batch, normalised by the minibatch's global counts; backward; add stats to ``sums``."""
         cfg = self.config
         T = mb.response_len
-        with self.precision.autocast(), checkpointing_active(self.policy, self.critic):  # bf16 under bf16-mixed
+        attention = self.precision.training_attention(self.policy, *mb.input_ids.shape)
+        with self.precision.autocast(), checkpointing_active(self.policy, self.critic), attention:  # bf16 under bf16-mixed
             out = response_forward(self._train_policy, mb.input_ids, mb.attention_mask, T, mb.temperature,
                                    self._train_value_head, with_entropy=cfg.entropy_coef > 0)
             critic_out = None

@@ -115,7 +115,7 @@ class PPOTrainer:
         self.precision = Precision.resolve(config.precision, self.device)
         logger.info(self.precision.describe())
         policy = self.precision.prepare(policy)
-        ref = self.precision.prepare(make_reference(policy, models.ref_model))
+        ref = self.precision.prepare(make_reference(policy, models.ref_model, self.precision.frozen_dtype))
         self.reward_fn = make_reward(reward_fn, reward_model, reward_tokenizer)
         if models.value_head is not None and config.value_model == "head" and config.needs_critic:
             critic, value_head = None, models.value_head
