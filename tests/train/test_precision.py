@@ -125,7 +125,6 @@ def test_math_attention_for_short_bf16_training_forwards_on_cpu(model, tokenizer
     """On a CPU under bf16-mixed a short training forward uses sdpa's math kernel (its flash kernel's
     bf16 backward is slow there); long ones, fp32 and CUDA keep sdpa's own choice. The kernel
     changes the arithmetic order only: gradients agree with the default kernel's to bf16 rounding."""
-    from torch.nn.attention import SDPBackend
 
     mixed = Precision("bf16-mixed", "cpu", "test")
     with mixed.training_attention(model, 4, 110):
@@ -136,7 +135,6 @@ def test_math_attention_for_short_bf16_training_forwards_on_cpu(model, tokenizer
     for precision, length in ((mixed, too_long), (Precision("fp32", "cpu", "t"), 110), (Precision("bf16-mixed", "cuda", "t"), 110)):
         with precision.training_attention(model, 4, length):
             assert torch.backends.cuda.flash_sdp_enabled()
-    assert SDPBackend.MATH  # the kernel named in the docstring exists in this torch
 
     ids = torch.randint(3, len(tokenizer), (4, 24))
     grads = []
