@@ -28,9 +28,9 @@ def make_reference(model: nn.Module, ref_model: nn.Module | None, dtype: torch.d
         return _freeze(ref_model)
     if is_peft(model):
         return None
-    memo = {id(p): nn.Parameter(p.detach().to(dtype) if dtype is not None and p.is_floating_point() else p.detach().clone(),
+    memo = {id(p): nn.Parameter(p.detach().to(dtype, copy=True) if dtype is not None and p.is_floating_point() else p.detach().clone(),
                                 requires_grad=False)
-            for p in model.parameters()}  # tied weights stay tied: one copy per parameter object
+            for p in model.parameters()}  # always a copy (never the policy's storage); tied weights stay tied
     return _freeze(copy.deepcopy(model, memo))
 
 
