@@ -52,19 +52,21 @@ def build_trainer(config, log_dir: Path | None = None, device=None):
                                                    batch_size=config.reward.batch_size)
         reward.model.to(device)
         return PPOTrainer(config.train, model, tokenizer, reward_model=reward, log_dir=log_dir,
-                          report_to=config.report_to)
+                          report_to=config.report_to, engine=config.rollout)
     if config.reward.url:
         from .rewards import RemoteReward
 
         reward = RemoteReward(config.reward.url, timeout=config.reward.timeout, retries=config.reward.retries,
                               batch_size=config.reward.batch_size)
-        return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir, report_to=config.report_to)
+        return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir, report_to=config.report_to,
+                          engine=config.rollout)
     if not config.reward.rule:
         from .config import ConfigError
 
         raise ConfigError("reward: set reward.model (a reward model) or reward.rule (a built-in rule)")
     reward = make_rule(config.reward.rule, config.reward.rule_args)
-    return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir, report_to=config.report_to)
+    return PPOTrainer(config.train, model, tokenizer, reward_fn=reward, log_dir=log_dir, report_to=config.report_to,
+                          engine=config.rollout)
 
 
 def cmd_ppo(args) -> int:
@@ -82,9 +84,13 @@ def cmd_ppo(args) -> int:
         logging.getLogger("tether").setLevel(logging.WARNING)  # one voice: rank 0's
     trainer = build_trainer(config, device=dist.device())
     start = time.perf_counter()
-    history = trainer.train(config.data.path, epochs=config.data.epochs, max_iterations=config.data.max_iterations,
-                            output_dir=out, save_every=config.save_every, keep_checkpoints=config.keep_checkpoints,
-                            resume=args.resume, prompt_field=config.data.prompt_field)
+    try:
+        history = trainer.train(config.data.path, epochs=config.data.epochs,
+                                max_iterations=config.data.max_iterations, output_dir=out,
+                                save_every=config.save_every, keep_checkpoints=config.keep_checkpoints,
+                                resume=args.resume, prompt_field=config.data.prompt_field)
+    finally:
+        trainer.close()
     if not dist.is_main:
         return 0
     metrics = out / "metrics.jsonl"
@@ -98,6 +104,8 @@ def cmd_ppo(args) -> int:
         "reward_last5": mean(last, "env/reward_mean"),
         "kl_last5": mean(last, "objective/kl"),
         "wall_seconds": time.perf_counter() - start,
+        "engine": config.rollout.engine,
+        "engine_start_seconds": getattr(trainer.engine, "start_seconds", 0.0),
         "checkpoint": str(out / "final"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

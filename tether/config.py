@@ -93,6 +93,17 @@ class PPOConfig:
     """Prompts over max_prompt_length: truncate_left (keep the last tokens) | drop (train() skips them) |
     error. truncate_left and drop warn with a count."""
 
+    # --- a separate rollout engine (vLLM) ---
+    max_engine_logprob_diff: float = 0.01
+    """fp32: stop with an error when the engine's log-probabilities of its samples differ from the
+    trainer's old logprobs by more than this on average (nats per token): the engine is not sampling
+    from the policy's weights (fp32 kernel noise is ~1e-6; one missed weight update is ~1e-2 or more).
+    Logged as rollout/logprob_diff_mean and _max under every precision."""
+    tis_cap: float | None = None
+    """Truncated importance sampling (Yao et al. 2025): weight each token's policy loss by
+    min(π_old / π_engine, tis_cap), correcting for the engine's different numerics (bf16). null: off;
+    2 is common. Only with an engine that reports its logprobs (vLLM)."""
+
     # --- reward shaping ---
     missing_eos_score: float | None = None
     """Score given instead of the reward to responses that hit max_new_tokens without EOS (TL;DR: -1)."""
@@ -249,6 +260,10 @@ class PPOConfig:
         if self.critic_init != "policy" and self.value_model != "separate":
             raise ConfigError(f"critic_init={self.critic_init!r} initialises a separate critic: set "
                               "value_model='separate' too")
+        if self.tis_cap is not None and self.tis_cap < 1:
+            raise ConfigError(f"tis_cap must be ≥ 1 (or null), got {self.tis_cap}")
+        if self.max_engine_logprob_diff <= 0:
+            raise ConfigError(f"max_engine_logprob_diff must be > 0, got {self.max_engine_logprob_diff}")
         if self.adaptive_kl and self.kl_target <= 0:
             raise ConfigError(f"kl_target must be > 0 with adaptive_kl, got {self.kl_target}")
 
@@ -363,6 +378,49 @@ class RewardSpec:
 
 
 @dataclass
+class RolloutConfig:
+    """Which engine samples the responses (``tether.rollout``)."""
+
+    engine: str = "hf"
+    """hf: transformers' generate on the policy itself | vllm: an in-process vLLM engine holding a copy
+    of the policy's weights, updated every iteration (install: scripts/setup-vllm.sh on a CPU,
+    pip install 'tether-rlhf[vllm]' on a GPU)."""
+    gpu_memory_utilization: float = 0.3
+    """vllm on a GPU: the share of GPU memory vLLM may take (weights + KV cache)."""
+    kv_cache_gib: float = 1.0
+    """vllm on a CPU: the KV-cache size in GiB."""
+    max_model_len: int | None = None
+    """vllm: longest prompt + response in tokens (null: the model's, at most 4096)."""
+    enforce_eager: bool = False
+    """vllm: no torch.compile / CUDA graphs (starts faster, samples slower)."""
+    sleep: bool = True
+    """vllm on a GPU: free the engine's memory while the trainer trains (vLLM's sleep mode)."""
+
+    def __post_init__(self):
+        if self.engine not in ROLLOUT_ENGINES:
+            raise ConfigError(f"rollout.engine: {self.engine!r} is not one of {list(ROLLOUT_ENGINES)}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"rollout.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_gib <= 0:
+            raise ConfigError(f"rollout.kv_cache_gib must be > 0, got {self.kv_cache_gib}")
+
+    def make_engine(self, precision=None):
+        """The engine this section describes (None: the trainer's default HF engine on the policy).
+        ``precision``: the trainer's ``Precision`` (its frozen dtype is the engine's)."""
+        if self.engine == "hf":
+            return None
+        from .rollout.vllm import VLLMEngine
+
+        dtype = precision.frozen_dtype if precision is not None else None  # None: the policy's (fp32)
+        return VLLMEngine(dtype=dtype, gpu_memory_utilization=self.gpu_memory_utilization,
+                          kv_cache_gib=self.kv_cache_gib, max_model_len=self.max_model_len,
+                          enforce_eager=self.enforce_eager, sleep=self.sleep)
+
+
+ROLLOUT_ENGINES = ("hf", "vllm")
+
+
+@dataclass
 class RunConfig:
     """A whole `tether ppo` run."""
 
@@ -370,6 +428,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardSpec = field(default_factory=RewardSpec)
     train: PPOConfig = field(default_factory=PPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     output_dir: str = "runs/ppo"
     """Directory for metrics, samples and checkpoints."""
     save_every: int = 25

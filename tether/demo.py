@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import ConfigError, ModelConfig, PPOConfig, RewardConfig, from_dict, parse_override, to_dict
+from .config import ConfigError, ModelConfig, PPOConfig, RewardConfig, RolloutConfig, from_dict, parse_override, to_dict
 from .evaluation import win_rate_interval
 from .tracking.metrics import hardware_description, peak_rss_mib
 from .models.loading import LoraSettings
@@ -69,6 +69,8 @@ class DemoConfig:
     """Reward-model training."""
     ppo: PPOConfig = field(default_factory=_demo_ppo)
     """PPO against the learned reward model."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """The engine that samples (every sampling stage and PPO): hf or vllm."""
     iterations: int = 14
     """PPO iterations."""
     sample_batch_size: int = 128
@@ -195,7 +197,7 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
     model = load_causal_lm(path, config.policy.gguf_file, config.policy.dtype, config.policy.trust_remote_code,
                            config.policy.lora)
     config.ppo.model_name = config.policy.name_or_path
-    trainer = PPOTrainer(config.ppo, model, tokenizer)
+    trainer = PPOTrainer(config.ppo, model, tokenizer, engine=config.rollout)
     prompts = load_prompts(config.prompts)
     random.Random(config.ppo.seed).shuffle(prompts)
     need = config.heldout_prompts + config.pair_prompts
@@ -265,6 +267,8 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
     rm_base, rm_trained = scorer(held_out, base_completions), scorer(held_out, trained_completions)
     outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(gold_trained, gold_base)]
     wins, (win_low, win_high) = sum(outcomes), win_rate_interval(outcomes)
+    engine_start = getattr(trainer.engine, "start_seconds", 0.0)
+    trainer.close()
     t = stage("evaluate", t)
 
     # 6. outputs -----------------------------------------------------------------------------------
@@ -288,6 +292,8 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "stage_seconds": stage_seconds,
         "precision": trainer.precision.mode,
+        "engine": config.rollout.engine,
+        "engine_start_seconds": round(engine_start, 1),
         "hardware": hardware_description(trainer.device),
     }
     from .tracking.plots import plot_curves

@@ -13,6 +13,7 @@ from .advantages import (
     token_rewards,
 )
 from .kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
+from .offpolicy import logprob_gap, truncated_importance_weights
 from .preference import bradley_terry_loss
 from .losses import LOSS_AGGREGATIONS, aggregate, ppo_policy_loss, value_loss
 from .stats import (
@@ -37,6 +38,7 @@ __all__ = [
     "grpo_advantages",
     "kl_penalty",
     "last_valid_index",
+    "logprob_gap",
     "logprobs_from_logits",
     "masked_mean",
     "rloo_advantages",
@@ -44,6 +46,7 @@ __all__ = [
     "masked_var",
     "ppo_policy_loss",
     "token_rewards",
+    "truncated_importance_weights",
     "value_loss",
     "whiten",
 ]

@@ -49,6 +49,7 @@ def ppo_policy_loss(
     aggregation: str = "token-mean",
     num_tokens: float | None = None,
     num_seqs: float | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective [PPO], optionally dual-clipped [DC].
 
@@ -56,7 +57,8 @@ def ppo_policy_loss(
     With ``dual_clip = c > 1`` and ``A_t < 0`` the loss is further capped at ``−c·A_t``.
 
     logprobs (with grad), old_logprobs, advantages, mask: ``[B, T]``. ``num_tokens`` / ``num_seqs``
-    default to this batch's counts. Stats (sums over valid tokens): ``clipped`` (tokens where
+    default to this batch's counts. ``is_weights`` (``[B, T]``, no grad): per-token weights of the
+    surrogate, ``w_t·L_t`` (truncated importance sampling of engine samples, ``tether.algo.offpolicy``). Stats (sums over valid tokens): ``clipped`` (tokens where
     the clipped term was the active one), ``approxkl`` (½(logπ_new − logπ_old)²), ``policykl``
     (logπ_old − logπ_new, TRL's "policykl"), ``ratio``.
     """
@@ -72,6 +74,8 @@ def ppo_policy_loss(
             raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
         capped = torch.minimum(per_token, -dual_clip * advantages)
         per_token = torch.where(advantages < 0, capped, per_token)
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
     loss = aggregate(per_token, mask, aggregation, num_tokens, num_seqs)
     with torch.no_grad():
         stats = {

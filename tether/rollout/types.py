@@ -25,6 +25,10 @@ class Rollout:
     # [B, T] bool: the response tokens that carry loss, KL and value, when not all of response_mask
     # do (TRL's response_masks: e.g. a tool's output inside a response). None: response_mask
     loss_mask: torch.Tensor | None = None
+    # [B, T] float: the engine's log-probabilities of the sampled tokens at ``temperature``, 0 outside
+    # response_mask, when the engine is not the trainer's own model (vLLM). The trainer recomputes its
+    # old logprobs anyway; these measure how far the engine is from it (and weight the loss under TIS)
+    sample_logprobs: torch.Tensor | None = None
 
     def __post_init__(self):
         b, p = self.prompt_ids.shape
@@ -46,6 +50,9 @@ class Rollout:
             if (self.loss_mask.sum(1) == 0).any():
                 rows = (self.loss_mask.sum(1) == 0).nonzero().flatten().tolist()
                 raise ValueError(f"response_masks of rows {rows} select no token: every row needs one to train on")
+        if self.sample_logprobs is not None and self.sample_logprobs.shape != self.response_mask.shape:
+            raise ValueError(f"sample_logprobs {tuple(self.sample_logprobs.shape)} != response_mask "
+                             f"{tuple(self.response_mask.shape)}")
 
     @property
     def action_mask(self) -> torch.Tensor:
@@ -76,10 +83,16 @@ class Experience:
     advantages: torch.Tensor  # [B, T] whitened GAE advantages, 0 where masked
     returns: torch.Tensor  # [B, T] A + V (unwhitened), 0 where masked
     temperature: float = 1.0  # the logits of every forward on these rows are divided by it
+    # [B, T] truncated importance weights min(π_old / π_engine, C) of the policy loss (TIS), 0 where
+    # masked; None: no correction (the HF engine samples from the trained model itself)
+    is_weights: torch.Tensor | None = None
+
+    def _tensor_fields(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "temperature" and getattr(self, f.name) is not None]
 
     def select(self, index: torch.Tensor) -> Experience:
         """The rows ``index`` (``[b]`` long) of every tensor field."""
-        return Experience(**{f.name: getattr(self, f.name)[index] for f in fields(self) if f.name != "temperature"},
+        return Experience(**{name: getattr(self, name)[index] for name in self._tensor_fields()},
                           temperature=self.temperature)
 
     def trimmed(self) -> Experience:
@@ -91,8 +104,8 @@ class Experience:
         """
         input_ids, attention_mask, length = trim_padding_columns(self.input_ids, self.attention_mask,
                                                                  self.response_mask)
-        per_token = {f.name: getattr(self, f.name)[:, :length] for f in fields(self)
-                     if f.name not in ("input_ids", "attention_mask", "temperature")}
+        per_token = {name: getattr(self, name)[:, :length] for name in self._tensor_fields()
+                     if name not in ("input_ids", "attention_mask")}
         return Experience(input_ids=input_ids, attention_mask=attention_mask, temperature=self.temperature,
                           **per_token)
 

@@ -11,6 +11,11 @@ class NumericalError(RuntimeError):
     """Training produced non-finite numbers too many times in a row (or weights went non-finite)."""
 
 
+class EngineMismatchError(RuntimeError):
+    """In fp32, the rollout engine's logprobs of its own samples are far from the trainer's: it is not
+    sampling from the policy being trained (a weight update skipped or incomplete)."""
+
+
 class FaultMonitor:
     """Counts bad steps (non-finite loss, gradient norm or reward).
 

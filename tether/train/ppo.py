@@ -41,8 +41,10 @@ from ..algo import (
     FixedKLController,
     aggregate,
     kl_penalty,
+    logprob_gap,
     masked_sum,
     ppo_policy_loss,
+    truncated_importance_weights,
     value_loss,
     whiten,
 )
@@ -53,7 +55,7 @@ from ..rollout import Experience, Rollout
 from ..rollout.types import trim_padding_columns
 from .distributed import Distributed
 from .estimators import estimate_advantages, kl_in_loss
-from .faults import FaultMonitor
+from .faults import EngineMismatchError, FaultMonitor
 from .optim import make_scheduler
 from .precision import Precision, checkpointing_active
 
@@ -150,9 +152,36 @@ class PPOLearner:
         kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), 0.0)
         advantages, returns, rewards = estimate_advantages(cfg, shaped, kl, values, mask, self.kl_ctl.value,
                                                            all_reduce=self.dist.sum)
+        stats = self._experience_stats(rollout, scores, kl, rewards, entropy)
+        is_weights = None
+        if rollout.sample_logprobs is not None:
+            stats.update(self._engine_gap(logprobs, rollout.sample_logprobs, mask))
+            if cfg.tis_cap is not None:
+                is_weights, tis = truncated_importance_weights(logprobs, rollout.sample_logprobs, mask, cfg.tis_cap)
+                ratio, capped, count = self.dist.sum(torch.stack([tis["ratio"], tis["capped"],
+                                                                  mask.sum().float()])).tolist()
+                stats.update({"rollout/tis_ratio_mean": ratio / max(count, 1.0),
+                              "rollout/tis_capped_frac": capped / max(count, 1.0)})
         experience = Experience(input_ids, attention_mask, mask, logprobs, ref_logprobs, values, advantages, returns,
-                                temperature=temperature)
-        return experience, self._experience_stats(rollout, scores, kl, rewards, entropy)
+                                temperature=temperature, is_weights=is_weights)
+        return experience, stats
+
+    def _engine_gap(self, logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
+        """``rollout/logprob_diff_mean`` / ``_max`` (nats per token) between the engine that sampled and
+        the trainer's old logprobs, over every process; in fp32 past ``max_engine_logprob_diff`` the
+        engine is not sampling from this policy, and the run stops before updating on its samples."""
+        gap = logprob_gap(logprobs, engine_logprobs, mask)
+        total, count = self.dist.sum(torch.stack([gap["sum"], gap["count"]])).tolist()
+        largest = self.dist.gather(gap["max"].reshape(1)).max().item()
+        mean = total / max(count, 1.0)
+        limit = self.config.max_engine_logprob_diff
+        if not self.precision.mixed and mean > limit:
+            raise EngineMismatchError(
+                f"iteration {self.iteration + 1}: the rollout engine's logprobs of its samples differ from the "
+                f"trainer's by {mean:.3g} nats per token on average (max {largest:.3g}; max_engine_logprob_diff "
+                f"{limit:g}): it is not sampling from the policy being trained (weights not updated, or a "
+                "tensor such as a tied lm_head left out of the update)")
+        return {"rollout/logprob_diff_mean": mean, "rollout/logprob_diff_max": largest}
 
     def _experience_stats(self, rollout: Rollout, scores: torch.Tensor, kl: torch.Tensor, rewards: torch.Tensor,
                           entropy: torch.Tensor) -> dict[str, float]:
@@ -267,7 +296,7 @@ class PPOLearner:
                 critic_out = critic_values(self._train_critic, mb.input_ids, mb.attention_mask, T)
         agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
         pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
-                                            cfg.cliprange, cfg.dual_clip, **agg)
+                                            cfg.cliprange, cfg.dual_clip, **agg, is_weights=mb.is_weights)
         loss = pg_loss
         vf_stats: dict[str, torch.Tensor] = {}
         if self.has_critic:

