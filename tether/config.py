@@ -97,7 +97,7 @@ class PPOConfig:
     max_engine_logprob_diff: float = 0.01
     """fp32: stop with an error when the engine's log-probabilities of its samples differ from the
     trainer's old logprobs by more than this on average (nats per token): the engine is not sampling
-    from the policy's weights (fp32 kernel noise is ~1e-6; one missed weight update is ~1e-2 or more).
+    from the policy's weights (fp32 kernel noise is ~1e-5; one missed weight update is ~1e-2 or more).
     Logged as rollout/logprob_diff_mean and _max under every precision."""
     tis_cap: float | None = None
     """Truncated importance sampling (Yao et al. 2025): weight each token's policy loss by

@@ -359,9 +359,10 @@ class PPOTrainer:
         else:
             engine = self.engine
             if self._engine_synced_at != self.iteration:  # once per iteration, not per generate() call
-                t0 = time.perf_counter()
+                t0, started = time.perf_counter(), getattr(engine, "start_seconds", 0.0)
                 engine.update_weights(self.policy)
-                self._sync_seconds += time.perf_counter() - t0
+                start = getattr(engine, "start_seconds", 0.0) - started  # a first call starts the engine
+                self._sync_seconds += time.perf_counter() - t0 - start
                 self._engine_synced_at = self.iteration
         with self.precision.autocast():
             return engine.generate(ids.to(self.device), mask.to(self.device), params)
