@@ -192,3 +192,33 @@ def test_penalties_are_refused_with_the_option_named(tokenizer):
             trainer.generate(PROMPTS, repetition_penalty=1.3)
     finally:
         trainer.close()
+
+
+def test_torchrun_two_processes_each_sample_with_their_own_engine(tokenizer, tmp_path):
+    """`tether ppo` under torchrun with rollout.engine: vllm, a tiny Llama saved to disk: each rank
+    starts an engine, samples its share of the prompts and keeps it in step with the policy."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    vllm_llama(tokenizer).save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"question {i}"}) for i in range(8)))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name_or_path: {tmp_path / 'tiny'}}}\ndata: {{path: {prompts}}}\n"
+                      "reward: {rule: length}\n"
+                      "train: {batch_size: 2, ppo_epochs: 1, max_new_tokens: 6, learning_rate: 0.01}\n"
+                      "rollout: {engine: vllm, enforce_eager: true, kv_cache_gib: 0.25, max_model_len: 256}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "tether", "ppo", "--config", str(config), "--out", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # printed once, by rank 0 (vLLM prints nothing there)
+    assert summary["iterations"] == 2 and summary["engine"] == "vllm"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["rollout/logprob_diff_max"] < 1e-4 for r in rows)
+    # both ranks trained: 2 ranks x 2 rows sampled per iteration, rank 0's two logged
+    assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 4

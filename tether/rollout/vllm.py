@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sys
 import tempfile
 import time
 
@@ -119,9 +120,10 @@ class VLLMEngine:
             opts.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)))
         t0 = time.perf_counter()
         logger.info("starting vLLM (%s, %s, max_model_len %d)", type(base).__name__, dtype, max_model_len)
-        self.llm = LLM(model=self._config_dir.name, load_format="dummy", skip_tokenizer_init=True,
-                       dtype=str(dtype).removeprefix("torch."), generation_config="vllm",
-                       logprobs_mode="processed_logprobs", max_model_len=max_model_len, seed=0, **opts)
+        with contextlib.redirect_stdout(sys.stderr):  # vLLM prints its arguments; stdout is the caller's
+            self.llm = LLM(model=self._config_dir.name, load_format="dummy", skip_tokenizer_init=True,
+                           dtype=str(dtype).removeprefix("torch."), generation_config="vllm",
+                           logprobs_mode="processed_logprobs", max_model_len=max_model_len, seed=0, **opts)
         self.start_seconds = time.perf_counter() - t0
         logger.info("vLLM started in %.1f s", self.start_seconds)
 
@@ -170,8 +172,15 @@ class VLLMEngine:
         return _as_rollout(prompt_ids, prompt_mask, responses, logprobs, params)
 
     def close(self) -> None:
-        """Shut the engine down (before the process group goes, under torchrun)."""
+        """Shut the engine down and free its memory.
+
+        Under torchrun, vLLM's shutdown also ends the default process group (its clean-up destroys
+        it), so every rank waits here for the others first and no collective may follow."""
         if self.llm is not None:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
             with contextlib.suppress(Exception):
                 self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
