@@ -1,6 +1,6 @@
 """tether: PPO for RLHF that is correct, runs on a laptop CPU, and keeps the step API.
 
-Public API: ``PPOConfig``, ``PPOTrainer``, ``RunConfig``, ``RewardConfig``, ``RewardTrainer``,
+Public API: ``PPOConfig``, ``PPOTrainer``, ``RunConfig``, ``RolloutConfig``, ``VLLMEngine``, ``RewardConfig``, ``RewardTrainer``,
 ``RewardModelScorer``, ``load_preferences``, ``load_causal_lm``, ``load_tokenizer``, and TRL 0.11's
 PPO names (``AutoModelForCausalLMWithValueHead``, ``create_reference_model``, ``LengthSampler``,
 ``respond_to_batch``, ``set_seed``; ``tether.core`` for ``trl.core``). Heavy modules (transformers, the trainer) load on first use, so
@@ -16,6 +16,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "PPOConfig": "tether.config",
     "RunConfig": "tether.config",
+    "RolloutConfig": "tether.config",
+    "VLLMEngine": "tether.rollout.vllm",
     "PPOTrainer": "tether.train.trainer",
     "RewardModelScorer": "tether.rewards.model",
     "RewardConfig": "tether.config",

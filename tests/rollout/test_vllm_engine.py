@@ -222,3 +222,20 @@ def test_torchrun_two_processes_each_sample_with_their_own_engine(tokenizer, tmp
     assert len(rows) == 2 and all(r["rollout/logprob_diff_max"] < 1e-4 for r in rows)
     # both ranks trained: 2 ranks x 2 rows sampled per iteration, rank 0's two logged
     assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_batch_larger_than_one_scheduler_step_samples_with_seeds(tokenizer):
+    """More prompt tokens than one scheduler step takes: with chunked prefill, vLLM on a CPU fails on
+    seeded requests whose prefill was split ("CPU Generator does not use offset")."""
+    model = vllm_llama(tokenizer)
+    prompts = [f"prompt number {i} with some more words" for i in range(40)]  # ~1400 prompt tokens
+    ids, mask = left_padded(tokenizer, prompts)
+    assert int(mask.sum()) > 512
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, pad_token_id=tokenizer.pad_token_id)
+    vllm = VLLMEngine(enforce_eager=True, kv_cache_gib=0.25, max_model_len=512, max_num_batched_tokens=512)
+    try:
+        vllm.update_weights(model)
+        out = vllm.generate(ids, mask, params)
+    finally:
+        vllm.close()
+    assert out.response_ids.shape == (40, 4)

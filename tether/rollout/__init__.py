@@ -3,5 +3,6 @@
 from .engine import Engine, SamplingParams, truncate_after_stop
 from .hf import HFEngine
 from .types import Experience, Rollout
+from .vllm import VLLMEngine
 
-__all__ = ["Engine", "Experience", "HFEngine", "Rollout", "SamplingParams", "truncate_after_stop"]
+__all__ = ["Engine", "Experience", "HFEngine", "Rollout", "SamplingParams", "truncate_after_stop", "VLLMEngine"]

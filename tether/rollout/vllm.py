@@ -117,6 +117,10 @@ class VLLMEngine:
         if self.device.type == "cuda":
             opts.update(gpu_memory_utilization=gpu_util, enable_sleep_mode=self.sleep_between)
         else:
+            # per-request seeds and chunked prefill do not mix on a CPU: vLLM rewinds the generator of a
+            # request whose prefill was split (Generator.set_offset, CUDA-only) and fails. Whole prompts
+            # per step instead, with room for a long batch of them
+            opts = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192), **opts}
             opts.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)))
         t0 = time.perf_counter()
         logger.info("starting vLLM (%s, %s, max_model_len %d)", type(base).__name__, dtype, max_model_len)
