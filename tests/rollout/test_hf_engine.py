@@ -53,3 +53,33 @@ def test_peft_wrapped_model_ignores_the_base_models_generation_config(model, tok
     wrapped.get_base_model().generation_config = GenerationConfig(no_repeat_ngram_size=1, repetition_penalty=5.0)
     wrapped.load_state_dict(plain.state_dict())
     assert torch.equal(_sample(wrapped, tokenizer).response_ids, _sample(plain, tokenizer).response_ids)
+
+
+def _head_inputs_while_sampling(model, tokenizer):
+    """(shape, contiguous) of every input the LM head's own forward received during a sampling."""
+    head = model.get_output_embeddings()
+    seen, forward = [], head.forward
+
+    def recording(x):
+        seen.append((tuple(x.shape), x.is_contiguous()))
+        return forward(x)
+
+    head.forward = recording
+    try:
+        rollout = _sample(model, tokenizer)
+    finally:
+        del head.forward
+    return seen, rollout
+
+
+def test_the_lm_head_gets_contiguous_rows_in_the_prefill(model, tokenizer):
+    # a bf16 model's prefill hands the head hidden[:, -1:, :] (batch stride L·H): torch.matmul then takes
+    # the batched path and on a CPU copies the weight to [B, H, V] (7 GB and 16 s for SmolLM2 at B=128)
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    seen, rollout = _head_inputs_while_sampling(bf16, tokenizer)
+    assert seen[0][0][:2] == (16, 1)  # the prefill: one position per row, 16 rows
+    assert all(contiguous for _, contiguous in seen)
+    assert rollout.response_mask.sum() > 16
+    # the view the hook replaces really is one the head would otherwise get
+    hidden = torch.zeros(16, 5, 8)
+    assert not hidden[:, -1:, :].is_contiguous()

@@ -170,6 +170,33 @@ def test_group_sampling_is_one_request_per_prompt_and_seeded_by_torch(tokenizer,
     assert first.response_mask.sum(1).max() <= 10
 
 
+def test_starting_the_engine_leaves_the_processs_rngs_and_threads_alone(tokenizer):
+    import random
+
+    import numpy as np
+
+    model = vllm_llama(tokenizer)
+    real_set_num_threads = torch.set_num_threads
+    threads = torch.get_num_threads()
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    expected = random.random(), np.random.rand(), torch.rand(3)
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    vllm = engine()
+    try:
+        vllm.update_weights(model)  # starts vLLM, which seeds every global RNG with its own seed
+        drawn = random.random(), np.random.rand(), torch.rand(3)
+        assert drawn[0] == expected[0] and drawn[1] == expected[1]
+        assert torch.equal(drawn[2], expected[2])  # the run's seed still decides every later draw
+        assert torch.set_num_threads is real_set_num_threads  # vLLM's CPU worker replaces it with a no-op
+        assert torch.get_num_threads() == threads
+    finally:
+        vllm.close()
+
+
 def test_train_loop_runs_with_the_vllm_engine(tokenizer, tmp_path):
     import json
 

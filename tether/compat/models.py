@@ -154,8 +154,11 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         return logits, out.loss, value
 
     def generate(self, *args, **kwargs):
-        """The wrapped model's ``generate``."""
-        return self.pretrained_model.generate(*args, **kwargs)
+        """The wrapped model's ``generate`` (its LM head fed contiguous rows: ``contiguous_head_inputs``)."""
+        from ..rollout.hf import contiguous_head_inputs
+
+        with contiguous_head_inputs(self.pretrained_model):
+            return self.pretrained_model.generate(*args, **kwargs)
 
     def state_dict(self, *args, **kwargs):
         """The wrapped model's state dict (none for a peft model) plus ``v_head.*``."""

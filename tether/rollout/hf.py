@@ -39,6 +39,34 @@ def without_checkpoint_generation_defaults(model):
         inner.generation_config = saved
 
 
+@contextlib.contextmanager
+def contiguous_head_inputs(model):
+    """Make the LM head's input contiguous while sampling.
+
+    In the prefill step transformers feeds the head ``hidden[:, -1:, :]``, a ``[B, 1, H]`` view whose
+    batch stride is ``L·H``. ``torch.matmul`` folds a 3-d input into one 2-d GEMM only when its
+    leading dims are contiguous by strides, so this view takes the batched path instead, which on a
+    CPU materialises the weight broadcast to ``[B, H, V]`` (bf16 SmolLM2, B = 128: a 7 GB copy and
+    16 s). When the head's input is already a fresh tensor (an autocast cast of float32 activations)
+    nothing happens; a frozen bf16 model (a LoRA base under bf16-mixed) hits it on every prefill.
+    Copying the ``[B, 1, H]`` view first costs B·H elements."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module):
+        yield
+        return
+
+    def contiguous(module, args):
+        if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+            return (args[0].contiguous(), *args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(contiguous)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class HFEngine:
     """Samples from the policy module itself (no weight copy), with the model's KV cache."""
 
@@ -66,7 +94,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with without_checkpoint_generation_defaults(self.model):
+            with without_checkpoint_generation_defaults(self.model), contiguous_head_inputs(self.model):
                 out = self.model.generate(
                     input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=config
                 )

@@ -43,6 +43,35 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+@contextlib.contextmanager
+def preserved_process_state():
+    """Undo what starting ``vllm.LLM`` in this process does to process-wide state.
+
+    vLLM's worker calls ``torch.manual_seed`` / ``random.seed`` / ``np.random.seed`` with the engine's
+    seed (every later draw of the run — dropout, data order, tether's per-request seeds — would no
+    longer depend on the run's seed) and, on CPUs, replaces ``torch.set_num_threads`` with a no-op.
+    Restored on exit: the RNG states of Python, NumPy, torch (CPU and every CUDA device), the real
+    ``torch.set_num_threads`` and the intra-op thread count."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        torch.set_num_threads = set_num_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 class VLLMEngine:
     """Samples with an in-process ``vllm.LLM`` holding a copy of the policy's weights.
 
@@ -102,6 +131,9 @@ class VLLMEngine:
 
     def _start(self, model) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine lives in this process
+        # vLLM logs every weight reload at INFO; tether's own log says what happens (VLLM_LOGGING_LEVEL=INFO
+        # in the environment brings vLLM's back)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
         base = _base_model(model)
@@ -124,7 +156,9 @@ class VLLMEngine:
             opts.update(kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)))
         t0 = time.perf_counter()
         logger.info("starting vLLM (%s, %s, max_model_len %d)", type(base).__name__, dtype, max_model_len)
-        with contextlib.redirect_stdout(sys.stderr):  # vLLM prints its arguments; stdout is the caller's
+        # vLLM prints its arguments (stdout is the caller's), reseeds every global RNG with its own seed
+        # and disables torch.set_num_threads on CPUs: none of that may leak into the training process
+        with contextlib.redirect_stdout(sys.stderr), preserved_process_state():
             self.llm = LLM(model=self._config_dir.name, load_format="dummy", skip_tokenizer_init=True,
                            dtype=str(dtype).removeprefix("torch."), generation_config="vllm",
                            logprobs_mode="processed_logprobs", max_model_len=max_model_len, seed=0, **opts)
