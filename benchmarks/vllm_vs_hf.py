@@ -33,11 +33,12 @@ def response_tokens(trainer, prompts: list[str], max_new_tokens: int) -> tuple[i
     return int(rollout.response_mask.sum()), time.perf_counter() - start
 
 
-def iteration(trainer, prompts: list[str], reward, max_new_tokens: int) -> float:
+def iteration(trainer, prompts: list[str], reward, max_new_tokens: int) -> tuple[float, dict]:
+    """One step-API iteration; (seconds, its stats)."""
     start = time.perf_counter()
     responses = trainer.generate(prompts, max_new_tokens=max_new_tokens)
-    trainer.step(prompts, responses, reward(prompts, responses))
-    return time.perf_counter() - start
+    stats = trainer.step(prompts, responses, reward(prompts, responses))
+    return time.perf_counter() - start, stats
 
 
 def main() -> None:
@@ -81,10 +82,12 @@ def main() -> None:
             batch = prompts[(r * 16) % len(prompts):][:16]
             tokens16, s16 = response_tokens(trainer, batch, 32)
             tokens128, s128 = response_tokens(trainer, (prompts * 2)[r * 7:][:128], 32)
-            s_iter = iteration(trainer, batch, keyword_reward, 32)
+            s_iter, stats = iteration(trainer, batch, keyword_reward, 32)
             row = {"gen@16 tokens/s": tokens16 / s16, "gen@128 tokens/s": tokens128 / s128, "iteration s": s_iter}
+            gap = (f"  engine-trainer logprob gap mean {stats['rollout/logprob_diff_mean']:.2g} "
+                   f"max {stats['rollout/logprob_diff_max']:.2g}" if "rollout/logprob_diff_mean" in stats else "")
             print(f"round {r}{' (warm-up)' if r == 0 else ''} {name:<5} " +
-                  "  ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
+                  "  ".join(f"{k} {v:.1f}" for k, v in row.items()) + gap, flush=True)
             if r:
                 for k, v in row.items():
                     figures.setdefault((name, k), []).append(v)

@@ -43,6 +43,21 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+class _DerivedBufferNotice(logging.Filter):
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights", logged at every weight update: its only
+    tensor is the cos/sin cache, computed from the config and never in a state dict, which vLLM keeps
+    as it was. The same warning about any other layer (a weight really missing) still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "RotaryEmbedding: Failed to load weights" not in record.getMessage()
+
+
+def _quiet_derived_buffer_notices() -> None:
+    reload_logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _DerivedBufferNotice) for f in reload_logger.filters):
+        reload_logger.addFilter(_DerivedBufferNotice())
+
+
 @contextlib.contextmanager
 def preserved_process_state():
     """Undo what starting ``vllm.LLM`` in this process does to process-wide state.
@@ -135,6 +150,8 @@ class VLLMEngine:
         # in the environment brings vLLM's back)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
+
+        _quiet_derived_buffer_notices()
 
         base = _base_model(model)
         config = base.config
