@@ -28,6 +28,7 @@ _LAZY = {
     "LoraSettings": "tether.models.loading",
     # TRL 0.11's PPO names (tether.compat)
     "AutoModelForCausalLMWithValueHead": "tether.compat.models",
+    "AutoModelForSeq2SeqLMWithValueHead": "tether.compat.models",
     "PreTrainedModelWrapper": "tether.compat.models",
     "create_reference_model": "tether.compat.models",
     "LengthSampler": "tether.compat.core",

@@ -112,6 +112,9 @@ class PPOConfig:
     far from zero such as the seed's len(r) (the first batch warns when the scores look like that)."""
     score_clip: float | None = None
     """Clip scores (after whitening) to [-score_clip, score_clip]."""
+    whiten_rewards: bool = False
+    """ppo: scale the per-token rewards (KL penalty + score) by their std over the batch's valid tokens,
+    mean kept, before GAE (TRL's whiten_rewards)."""
 
     # --- KL to the reference ---
     kl_coef: float = 0.05
@@ -297,6 +300,15 @@ PPOConfig.__init__ = _accept_trl_fields(PPOConfig.__init__)
 
 
 def _ppo_config_setattr(self, name: str, value: Any) -> None:
+    """Set an option; a TRL 0.11 name set after construction (``config.kl_penalty = "abs"``) sets the
+    tether option it maps to, or the TRL-only field, as the constructor would have."""
+    if self.__dict__.get("_tracking") and name not in self.__dict__ and name not in _FIELD_NAMES:
+        from .compat.config import set_trl_field
+
+        target = set_trl_field(self, name, value)
+        if target is None:
+            return
+        name, value = target
     object.__setattr__(self, name, value)
     if self.__dict__.get("_tracking"):
         self.__dict__["_explicit"].add(name)
@@ -316,6 +328,7 @@ def _ppo_config_to_dict(self) -> dict:
     return {**dataclasses.asdict(self), **self.__dict__.get("trl", {})}
 
 
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(PPOConfig))
 PPOConfig.__setattr__ = _ppo_config_setattr
 PPOConfig.__getattr__ = _ppo_config_getattr
 PPOConfig.to_dict = _ppo_config_to_dict

@@ -156,12 +156,12 @@ def test_trl_constructor_forms(wrapped, tokenizer):
     assert a.tokenizer is tokenizer and a.dataset is rows and a.ref_model is not None
     ref = create_reference_model(wrapped)
     b = PPOTrainer(config=config, model=wrapped, ref_model=ref, tokenizer=tokenizer, dataset=rows)
-    assert b.ref_model is ref.pretrained_model
+    assert b.ref_model is ref  # TRL's: the wrapper it was given
     sgd = torch.optim.SGD(wrapped.parameters(), lr=0.5)
     sched = torch.optim.lr_scheduler.StepLR(sgd, step_size=1, gamma=0.5)
     c = PPOTrainer(config, wrapped, None, tokenizer, rows, sgd, None, 1, sched)
-    assert c.optimizer is sgd and c.lr_scheduler is sched
-    assert c.ref_model.model.layers[0].mlp.up_proj.weight is wrapped.pretrained_model.model.layers[0].mlp.up_proj.weight
+    assert c.optimizer.optimizer is sgd and c.lr_scheduler.scheduler is sched  # accelerate's wrappers, as in TRL
+    assert c.ref_model.pretrained_model.model.layers[0].mlp.up_proj.weight is wrapped.pretrained_model.model.layers[0].mlp.up_proj.weight
     q = [ids(tokenizer, "hi"), ids(tokenizer, "yo")]
     c.step(q, [ids(tokenizer, "ab"), ids(tokenizer, "cd")], [torch.tensor(1.0), torch.tensor(0.0)])
     assert sgd.param_groups[0]["lr"] == pytest.approx(0.25)  # the program's scheduler, once per step()
@@ -290,6 +290,7 @@ def test_log_stats_with_log_with_writes_metrics_and_samples(wrapped, tokenizer, 
     stats = trainer.step(q, [ids(tokenizer, "ab"), ids(tokenizer, "cd")], rewards)
     trainer.log_stats(stats, {"query": ["hello", "abc"], "response": ["ab", "cd"]}, rewards)
     rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1  # one row per step: step() does not log, log_stats does (as TRL)
     assert rows[-1]["env/reward_mean"] == 0.5 and "ppo/loss/total" in rows[-1]
     assert len((tmp_path / "logs" / "samples.jsonl").read_text().splitlines()) == 2
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "logs").rglob("*"))

@@ -17,6 +17,7 @@ from .offpolicy import logprob_gap, truncated_importance_weights
 from .preference import bradley_terry_loss
 from .losses import LOSS_AGGREGATIONS, aggregate, ppo_policy_loss, value_loss
 from .stats import (
+    RunningMoments,
     entropy_from_logits,
     logprobs_from_logits,
     masked_mean,
@@ -30,6 +31,7 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "AdaptiveKLController",
     "FixedKLController",
+    "RunningMoments",
     "aggregate",
     "bradley_terry_loss",
     "discounted_returns",

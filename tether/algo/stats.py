@@ -100,3 +100,39 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+class RunningMoments:
+    """Running mean and std of a stream of batches (Chan et al.'s parallel update), as TRL 0.11's
+    ``use_score_scaling`` kept them for the scores.
+
+    ``update(xs)`` folds in a batch ``xs`` (any shape; ``all_reduce`` sums over data-parallel
+    processes) and returns the batch's ``(mean, unbiased std)``. Afterwards ``mean`` is the mean of
+    everything seen, ``var`` its population variance and ``std`` its unbiased standard deviation.
+    The state starts as one pseudo-observation of mean 0, variance 1 and weight 1e-24 (TRL's)."""
+
+    def __init__(self):
+        self.mean, self.var, self.std, self.count = 0.0, 1.0, 1.0, 1e-24
+
+    @torch.no_grad()
+    def update(self, xs: torch.Tensor, all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> tuple[float, float]:
+        reduce = all_reduce or (lambda t: t)
+        xs = xs.double()
+        count = reduce(torch.tensor(float(xs.numel()), dtype=torch.float64, device=xs.device)).item()
+        mean = reduce(xs.sum()).item() / count
+        var = reduce(((xs - mean) ** 2).sum()).item() / count
+        delta = mean - self.mean
+        total = self.count + count
+        sum_sq = self.var * self.count + delta ** 2 * self.count * count / total + var * count
+        self.mean += delta * count / total
+        self.var = sum_sq / total
+        self.std = (self.var * total / (total - 1)) ** 0.5
+        self.count = total
+        return mean, (var * count / (count - 1)) ** 0.5 if count > 1 else 0.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "std": self.std, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.var, self.std, self.count = (float(state[k]) for k in ("mean", "var", "std", "count"))

@@ -43,7 +43,7 @@ KEPT = {
     "tracker_kwargs": {}, "accelerator_kwargs": {}, "project_kwargs": {}, "tracker_project_name": "trl",
     "push_to_hub_if_best_kwargs": {}, "steps": 20000, "world_size": None, "optimize_cuda_cache": None,
     "optimize_device_cache": False, "early_stopping": False, "target_kl": 1.0, "compare_steps": 1,
-    "ratio_threshold": 10.0, "use_score_scaling": False, "use_score_norm": False, "whiten_rewards": False,
+    "ratio_threshold": 10.0, "use_score_scaling": False, "use_score_norm": False,
     "is_encoder_decoder": None, "is_peft_model": None,
     "global_backward_batch_size": None, "global_batch_size": None, "dataset_num_proc": None,
 }
@@ -52,9 +52,6 @@ KEPT = {
 NOT_HONOURED = {
     "early_stopping": "early stopping on policy KL is not implemented; all ppo_epochs run",
     "ratio_threshold": "minibatches with large ratios are not skipped (the clipped loss bounds them)",
-    "whiten_rewards": "per-token rewards are not whitened; whiten_scores=True whitens the sequence scores",
-    "use_score_scaling": "running score scaling is not implemented; whiten_scores=True scales by batch statistics",
-    "use_score_norm": "running score normalisation is not implemented; whiten_scores=True uses batch statistics",
     "push_to_hub_if_best_kwargs": "nothing is pushed to the Hub; save_pretrained() writes the checkpoint",
     "accelerator_kwargs": "no Accelerate: torchrun and environment variables configure processes",
 }
@@ -113,6 +110,28 @@ def split_trl_kwargs(kwargs: dict[str, Any], own_fields: set[str]) -> tuple[dict
     return own, trl
 
 
+def set_trl_field(config, name: str, value: Any) -> tuple[str, Any] | None:
+    """``config.<TRL name> = value`` after construction: ``(tether field, converted value)`` for a
+    renamed TRL option (``kl_penalty`` → ``kl_estimator``), or None after storing a TRL-only field.
+    Any other name is an error, with a close match (a typo must not pass silently)."""
+    if name in RENAMED:
+        config.__dict__.setdefault("trl", {})[name] = value
+        if value is None and name == "forward_batch_size":
+            return None
+        return RENAMED[name], _convert(name, value)
+    if name in KEPT or name in ("backward_batch_size", "total_ppo_epochs"):
+        config.__dict__.setdefault("trl", {})[name] = value
+        if name in NOT_HONOURED and value not in (KEPT[name], None):
+            warnings.warn(f"PPOConfig.{name} = {value!r}: {NOT_HONOURED[name]}.", stacklevel=3)
+        return None
+    import dataclasses
+    import difflib
+
+    known = {f.name for f in dataclasses.fields(config)} | set(KEPT) | set(RENAMED)
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    raise AttributeError(f"PPOConfig has no option {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
 def _convert(name: str, value: Any) -> Any:
     if name == "kl_penalty":
         if value not in KL_PENALTIES:
@@ -158,4 +177,4 @@ def apply_trl_defaults(config) -> list[str]:
     return changed
 
 
-__all__ = ["KEPT", "RENAMED", "TRL_DEFAULTS", "apply_trl_defaults", "split_trl_kwargs", "trl_field"]
+__all__ = ["KEPT", "RENAMED", "TRL_DEFAULTS", "apply_trl_defaults", "set_trl_field", "split_trl_kwargs", "trl_field"]

@@ -60,13 +60,24 @@ class PreTrainedModelWrapper(nn.Module):
         super().__init__()
         self.pretrained_model = pretrained_model
         self.is_peft_model = hasattr(pretrained_model, "peft_config") and hasattr(pretrained_model, "disable_adapter")
-        self.is_encoder_decoder = False
+        # TRL's causal wrapper has no is_encoder_decoder attribute (TRL code tests it with hasattr)
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name == "is_encoder_decoder":  # TRL: only the seq2seq wrapper has it
+                raise
             return getattr(super().__getattr__("pretrained_model"), name)
+
+    @classmethod
+    def around(cls, pretrained_model: nn.Module, v_head: nn.Module):
+        """A frozen wrapper of ``pretrained_model`` with a frozen copy of ``v_head`` (TRL's reference
+        model: a copy of the policy's wrapper); no random initialisation runs."""
+        wrapper = cls.__new__(cls)
+        PreTrainedModelWrapper.__init__(wrapper, pretrained_model)
+        wrapper.v_head = copy.deepcopy(v_head).requires_grad_(False)
+        return wrapper.eval()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -77,13 +88,15 @@ class PreTrainedModelWrapper(nn.Module):
         restores its value head. Other keyword arguments go to transformers' ``from_pretrained``."""
         head_kwargs = {k: kwargs.pop(k) for k in V_HEAD_ARGS if k in kwargs}
         peft_config = kwargs.pop("peft_config", None)
-        for unsupported in ("reward_adapter", "reward_adapter_name"):
-            if kwargs.pop(unsupported, None) is not None:
-                raise NotImplementedError(f"{unsupported}: reward adapters inside the policy are not supported; "
-                                          "score with a separate reward model (RewardModelScorer) instead")
+        reward_adapter = kwargs.pop("reward_adapter", None)
+        reward_adapter_name = kwargs.pop("reward_adapter_name", "reward_adapter")
+        kwargs.pop("is_trainable", None)
+        if reward_adapter is not None and not isinstance(reward_adapter, (str, Path)):
+            raise ValueError("reward_adapter: give the directory (or Hub id) of a reward-model LoRA adapter")
         if isinstance(pretrained_model_name_or_path, str):
             from ..models.loading import from_pretrained_safely
 
+            kwargs = translate_loading_kwargs(kwargs, cls.__name__)
             model = from_pretrained_safely(cls.transformers_parent_class, pretrained_model_name_or_path,
                                            *model_args, **kwargs)
         elif isinstance(pretrained_model_name_or_path, nn.Module):
@@ -98,7 +111,35 @@ class PreTrainedModelWrapper(nn.Module):
         wrapper = cls(model, **head_kwargs)
         if isinstance(pretrained_model_name_or_path, str):
             wrapper._load_v_head(pretrained_model_name_or_path)
+        if reward_adapter is not None:
+            if not wrapper.is_peft_model:
+                raise ValueError("reward_adapter can only be used with a peft model (pass peft_config= or a PeftModel)")
+            wrapper.score = load_reward_adapter(model, str(reward_adapter), reward_adapter_name)
+            wrapper.rm_adapter_name = reward_adapter_name
         return wrapper
+
+    supports_rm_adapter = property(lambda self: "score" in self._modules)
+    policy_adapter_name = "default"
+
+    def compute_reward_score(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
+        """Scores ``[B, L, num_labels]`` of the reward adapter (loaded with ``reward_adapter=``) on the
+        shared base model, at every position (read the last real token's). The policy's adapter is
+        active again afterwards; no gradient is recorded."""
+        if not self.supports_rm_adapter:
+            raise ValueError("This model does not support reward modeling adapter: load it with "
+                             "from_pretrained(..., peft_config=..., reward_adapter=DIR)")
+        model = self.pretrained_model
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        model.set_adapter(self.rm_adapter_name)
+        try:
+            with torch.no_grad():
+                out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                            return_dict=True, **kwargs)
+                return self.score(out.hidden_states[-1].to(self.score.weight.dtype))
+        finally:
+            model.set_adapter(self.policy_adapter_name)
+            for name, p in model.named_parameters():  # set_adapter flips requires_grad: restore the policy's
+                p.requires_grad_(name in trainable)
 
     def _load_v_head(self, directory: str) -> None:
         """The value head saved beside the model: by this class, or by ``PPOTrainer.save_pretrained``."""
@@ -123,6 +164,33 @@ class PreTrainedModelWrapper(nn.Module):
         raise NotImplementedError("push_to_hub: save_pretrained(dir) and upload the directory with huggingface_hub")
 
 
+def load_reward_adapter(peft_model, adapter: str, name: str) -> nn.Linear:
+    """Load a reward model's LoRA adapter (``task_type=SEQ_CLS``, saved with its ``score`` head)
+    into ``peft_model`` beside the policy's adapter, frozen, and return its score head (frozen
+    Linear hidden → num_labels) — one base model serves policy, reference and reward."""
+    from safetensors.torch import load_file
+
+    peft_model.load_adapter(adapter, name, is_trainable=False)
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not weights.exists():
+        from huggingface_hub import hf_hub_download
+
+        try:
+            weights = Path(hf_hub_download(adapter, "adapter_model.safetensors"))
+        except Exception as err:  # noqa: BLE001 - any Hub or path failure means the same to the user
+            raise FileNotFoundError(f"reward_adapter {adapter!r}: no adapter_model.safetensors ({err})") from None
+    state = load_file(str(weights))
+    score = {k.rsplit(".", 1)[-1]: v for k, v in state.items() if ".score." in f".{k}" or k.startswith("score.")}
+    if "weight" not in score:
+        raise ValueError(f"reward_adapter {adapter!r}: no score head among its weights (a SEQ_CLS adapter saves "
+                         "one as modules_to_save)")
+    num_labels, hidden = score["weight"].shape
+    dtype = next(peft_model.parameters()).dtype
+    head = nn.Linear(hidden, num_labels, bias="bias" in score).to(device=score["weight"].device, dtype=dtype)
+    head.load_state_dict({k: v.to(dtype) for k, v in score.items()})
+    return head.to(next(peft_model.parameters()).device).requires_grad_(False)
+
+
 class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
     """A causal LM with a value head: TRL 0.11's ``AutoModelForCausalLMWithValueHead``."""
 
@@ -132,7 +200,7 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         super().__init__(pretrained_model)
         unknown = set(kwargs) - set(V_HEAD_ARGS)
         if unknown:
-            raise TypeError(f"AutoModelForCausalLMWithValueHead: unexpected arguments {sorted(unknown)}")
+            raise TypeError(f"{type(self).__name__}: unexpected arguments {sorted(unknown)}")
         config = self._base_config()
         self.v_head = ValueHead(config, **kwargs).to(next(pretrained_model.parameters()).device)
 
@@ -168,6 +236,59 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         return state
 
 
+class AutoModelForSeq2SeqLMWithValueHead(AutoModelForCausalLMWithValueHead):
+    """An encoder-decoder LM (T5, BART, ...) with a value head on the decoder's last hidden state:
+    TRL 0.11's ``AutoModelForSeq2SeqLMWithValueHead``. ``PPOTrainer`` trains it as an
+    encoder-decoder policy: the query is the encoder input, the response is the decoder sequence
+    (its logprobs and values come from the decoder; the query is never part of the response)."""
+
+    from transformers import AutoModelForSeq2SeqLM as transformers_parent_class  # noqa: N813
+
+    def __init__(self, pretrained_model, **kwargs):
+        super().__init__(pretrained_model, **kwargs)
+        self.is_encoder_decoder = True
+
+    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, return_past_key_values=False,
+                **kwargs):
+        """``(lm_logits, loss, value)``: decoder logits upcast to float32, ``value`` ``[B, L_dec]``."""
+        kwargs["output_hidden_states"] = True
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
+        out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        value = self.v_head(out.decoder_hidden_states[-1])
+        if return_past_key_values:
+            return out.logits.float(), out.loss, value, out.past_key_values
+        return out.logits.float(), out.loss, value
+
+
+def translate_loading_kwargs(kwargs: dict, caller: str = "from_pretrained") -> dict:
+    """TRL-era ``from_pretrained`` arguments for the installed transformers (which rejects them):
+    ``load_in_8bit`` / ``load_in_4bit=True`` → ``quantization_config=BitsAndBytesConfig(...)`` when
+    bitsandbytes is installed (else an ImportError naming the option and what to install), ``False``
+    dropped; ``use_auth_token`` → ``token``."""
+    kwargs = dict(kwargs)
+    if "use_auth_token" in kwargs:
+        token = kwargs.pop("use_auth_token")
+        if kwargs.get("token") is None and token is not None:
+            kwargs["token"] = token
+    bits = {name: bool(kwargs.pop(name)) for name in ("load_in_8bit", "load_in_4bit") if name in kwargs}
+    wanted = [name for name, on in bits.items() if on]
+    if len(wanted) > 1:
+        raise ValueError(f"{caller}: load_in_8bit and load_in_4bit cannot both be True")
+    if wanted:
+        if kwargs.get("quantization_config") is not None:
+            raise ValueError(f"{caller}: give {wanted[0]}=True or quantization_config, not both")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError(f"{caller}({wanted[0]}=True) quantizes with bitsandbytes, which is not installed: "
+                              "pip install bitsandbytes (it needs a CUDA GPU), or drop the option")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(**{wanted[0]: True})
+    return kwargs
+
+
 def create_reference_model(model, num_shared_layers: int | None = None, pattern: str | None = None):
     """A frozen copy of ``model`` for the KL reference, in eval mode.
 
@@ -201,4 +322,5 @@ def create_reference_model(model, num_shared_layers: int | None = None, pattern:
     return ref.eval()
 
 
-__all__ = ["AutoModelForCausalLMWithValueHead", "PreTrainedModelWrapper", "ValueHead", "create_reference_model"]
+__all__ = ["AutoModelForCausalLMWithValueHead", "AutoModelForSeq2SeqLMWithValueHead", "PreTrainedModelWrapper", "ValueHead", "create_reference_model",
+           "translate_loading_kwargs"]

@@ -8,6 +8,7 @@ import contextlib
 import inspect
 import json
 import logging
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -54,6 +55,7 @@ class Unwrapped:
     value_head: nn.Module | None  # the wrapper's v_head
     ref_model: nn.Module | None  # a plain causal LM, or None (LoRA: adapters disabled)
     wrapper: PreTrainedModelWrapper | None  # what the program passed, for trainer.model
+    given_ref: nn.Module | None = None  # the ref_model argument as the program passed it
 
 
 def unwrap_models(model, ref_model, num_shared_layers: int | None) -> Unwrapped:
@@ -65,14 +67,67 @@ def unwrap_models(model, ref_model, num_shared_layers: int | None) -> Unwrapped:
         if num_shared_layers is not None and ref_model is None:
             ref_model = create_reference_model(model, num_shared_layers=num_shared_layers)
         return Unwrapped(model, None, ref_model, None)
+    given = ref_model
     if ref_model is not None and num_shared_layers is not None:
-        logger.warning("num_shared_layers is ignored when ref_model is given")
+        warnings.warn("num_shared_layers is ignored when ref_model is provided: two different models are used "
+                      "for the model and the reference model, and no layers are shared.", UserWarning, stacklevel=4)
     if ref_model is None and num_shared_layers is not None and not model.is_peft_model:
-        ref_model = create_reference_model(model, num_shared_layers=num_shared_layers)
+        given = ref_model = create_reference_model(model, num_shared_layers=num_shared_layers)
     if isinstance(ref_model, PreTrainedModelWrapper):
         ref_model = ref_model.pretrained_model
     model.v_head.eval()  # dropout off in every forward [H24]
-    return Unwrapped(model.pretrained_model, model.v_head, ref_model, model)
+    return Unwrapped(model.pretrained_model, model.v_head, ref_model, model, given)
+
+
+def reference_wrapper(models: Unwrapped, ref: nn.Module | None):
+    """TRL's ``ppo_trainer.ref_model`` for a value-head program: the wrapper the program passed, a
+    frozen value-head wrapper around tether's reference copy (TRL made one with
+    ``create_reference_model``), or None when the reference is the peft policy with adapters off."""
+    given = models.given_ref
+    if isinstance(given, PreTrainedModelWrapper):
+        return given
+    if ref is None:
+        return None
+    if given is not None:  # a plain model given: TRL refused it; tether trains against it as it is
+        return given
+    return type(models.wrapper).around(ref, models.wrapper.v_head)
+
+
+def trl_precision(config, policy: nn.Module, device):
+    """The precision of a TRL value-head program: what it asked for (``precision=``, accelerate's
+    ``mixed_precision="bf16"`` in ``accelerator_kwargs``, or a model loaded in bf16), else fp32 as
+    TRL ran — and when the hardware has a faster mode, one message that says how to turn it on."""
+    from ..train.precision import Precision
+
+    if "precision" in config.__dict__.get("_explicit", set()):
+        return Precision.resolve(config.precision, device)
+    asked = str(config.trl.get("accelerator_kwargs", {}).get("mixed_precision", "no"))
+    if asked in ("fp16", "bf16"):
+        if asked == "fp16":
+            logger.warning("accelerator_kwargs mixed_precision='fp16': tether's mixed precision is bf16 "
+                           "(fp32 master weights, no loss scaling); running bf16-mixed")
+        return Precision("bf16-mixed", torch.device(device).type, f"accelerator_kwargs mixed_precision={asked!r}")
+    if any(p.dtype == torch.bfloat16 for p in policy.parameters() if p.is_floating_point()):
+        return Precision("bf16-mixed", torch.device(device).type, "the model was loaded in bf16")
+    fastest = Precision.resolve("auto", device)
+    if fastest.mixed and fastest.reason != "$TETHER_PRECISION":
+        logger.warning("TRL program: running in fp32, as TRL did. This %s runs bf16-mixed faster (fp32 master "
+                       "weights): PPOConfig(precision='bf16-mixed') turns it on", fastest.reason)
+    return Precision("fp32", torch.device(device).type, "a TRL program that asked for no mixed precision")
+
+
+def trl_scores(scores: torch.Tensor, config, running, all_reduce) -> torch.Tensor:
+    """TRL 0.11's score handling in ``step``, before anything else sees the scores:
+    ``use_score_scaling`` divides by the running std of all scores so far (+ float eps) — with
+    ``use_score_norm`` after subtracting their running mean — then ``score_clip`` clips.
+    (TRL 0.11.4 crashed in ``step`` with ``use_score_scaling=True``; this is what its docs describe.)"""
+    if config.trl.get("use_score_scaling"):
+        running.update(scores, all_reduce)
+        factor = running.std + torch.finfo(scores.dtype).eps
+        scores = (scores - running.mean) / factor if config.trl.get("use_score_norm") else scores / factor
+    if config.score_clip is not None:
+        scores = scores.clamp(-config.score_clip, config.score_clip)
+    return scores
 
 
 def make_dataloader(dataset, batch_size: int, data_collator, dist, remove_unused_columns: bool,
@@ -111,7 +166,7 @@ class Accelerator:
     process_index = property(lambda self: self._dist.rank)
     local_process_index = property(lambda self: self._dist.local_rank)
     use_distributed = property(lambda self: self._dist.enabled)
-    mixed_precision = "no"
+    mixed_precision = property(lambda self: "bf16" if self._trainer.precision.mixed else "no")
 
     @property
     def state(self):
@@ -120,7 +175,8 @@ class Accelerator:
 
         return SimpleNamespace(deepspeed_plugin=None, num_processes=self.num_processes, process_index=self.process_index,
                                local_process_index=self.local_process_index, device=self.device,
-                               distributed_type="MULTI" if self.use_distributed else "NO", mixed_precision="no")
+                               distributed_type="MULTI" if self.use_distributed else "NO",
+                               mixed_precision=self.mixed_precision)
 
     def unwrap_model(self, model, keep_fp32_wrapper: bool = True):
         return getattr(model, "module", model)
@@ -204,6 +260,7 @@ def trl_stats(stats: dict[str, float], experience, query_lens: list[int], dist, 
         "ppo/learning_rate": stats["lr"],
         "time/ppo/forward_pass": stats.get("time/experience", 0.0),
         "time/ppo/compute_rewards": 0.0,  # inside the experience pass
+        "time/ppo/compute_advantages": 0.0,  # inside the experience pass
         "time/ppo/optimize_step": stats["time/step"] - stats.get("time/experience", 0.0),
         "time/ppo/calc_stats": 0.0,
         "time/ppo/total": stats["time/step"],
@@ -294,4 +351,4 @@ def trl_tracker(trainer):
         return trainer._make_sink(run_dir)
 
 
-__all__ = ["Accelerator", "ProgramSchedule", "log_stats", "trl_sampling_departures", "trl_tracker", "is_tokenizer", "make_dataloader", "positional_arguments", "trl_stats", "unwrap_models"]
+__all__ = ["Accelerator", "ProgramSchedule", "log_stats", "reference_wrapper", "trl_precision", "trl_scores", "trl_sampling_departures", "trl_tracker", "is_tokenizer", "make_dataloader", "positional_arguments", "trl_stats", "unwrap_models"]

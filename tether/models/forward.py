@@ -58,6 +58,9 @@ def response_forward(
     logits at ``P − 1 + t``. Logits are upcast to float32, then divided by ``temperature``, before the log-softmax. With a
     ``value_head`` the values are read from the last hidden state at the same positions.
     """
+    if is_encoder_decoder(model):
+        return _encoder_decoder_forward(model, input_ids, attention_mask, response_len, temperature, value_head,
+                                        with_entropy)
     position_ids = position_ids_from_mask(attention_mask)
     kwargs = {}
     length = input_ids.shape[1]
@@ -76,6 +79,52 @@ def response_forward(
     values = None
     if value_head is not None:
         values = value_head(out.hidden_states[-1][:, -(response_len + 1) : -1, :])
+    return ResponseOutput(logprobs=logprobs, entropy=entropy, values=values)
+
+
+def is_encoder_decoder(model) -> bool:
+    """True for an encoder-decoder LM (T5, BART, ...), also inside peft or DDP wrappers."""
+    model = getattr(model, "module", model)
+    inner = model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
+    return bool(getattr(getattr(inner, "config", None), "is_encoder_decoder", False))
+
+
+def right_aligned(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded rows ``[B, P]`` moved to the right-padded layout an encoder expects (learned
+    absolute positions, as in BART, count from column 0); pads keep the pad id in ``ids``."""
+    order = torch.argsort((~mask.bool()).int(), dim=1, stable=True)  # real tokens first, in order
+    return ids.gather(1, order), mask.gather(1, order)
+
+
+def decoder_start_id(model) -> int:
+    """The token an encoder-decoder's decoder starts from (``decoder_start_token_id``, else pad)."""
+    model = getattr(model, "module", model)
+    inner = model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
+    config = inner.config
+    start = getattr(getattr(inner, "generation_config", None), "decoder_start_token_id", None)
+    start = start if start is not None else getattr(config, "decoder_start_token_id", None)
+    start = start if start is not None else config.pad_token_id
+    if start is None:
+        raise ValueError(f"{type(inner).__name__}: no decoder_start_token_id or pad_token_id in its config")
+    return int(start)
+
+
+def _encoder_decoder_forward(model, input_ids, attention_mask, response_len, temperature, value_head,
+                             with_entropy) -> ResponseOutput:
+    """``response_forward`` for an encoder-decoder: the first ``P`` columns (left-padded prompt) are
+    the encoder input, the last ``T`` (right-padded response) the decoder's targets, fed as
+    ``decoder_input_ids = [start] + response[:-1]``; logits at decoder position ``t`` predict
+    response token ``t``."""
+    prompt_len = input_ids.shape[1] - response_len
+    enc_ids, enc_mask = right_aligned(input_ids[:, :prompt_len], attention_mask[:, :prompt_len])
+    response, response_mask = input_ids[:, prompt_len:], attention_mask[:, prompt_len:]
+    start = torch.full_like(response[:, :1], decoder_start_id(model))
+    decoder_ids = torch.cat([start, response[:, :-1]], dim=1)
+    decoder_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+    out = model(input_ids=enc_ids, attention_mask=enc_mask, decoder_input_ids=decoder_ids,
+                decoder_attention_mask=decoder_mask, use_cache=False, output_hidden_states=value_head is not None)
+    logprobs, entropy = token_logprobs(out.logits, response, temperature, with_entropy)
+    values = value_head(out.decoder_hidden_states[-1]) if value_head is not None else None
     return ResponseOutput(logprobs=logprobs, entropy=entropy, values=values)
 
 

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from ..models.forward import decoder_start_id, is_encoder_decoder, right_aligned
 from .engine import SamplingParams, truncate_after_stop
 from .types import Rollout
 
@@ -91,15 +92,20 @@ class HFEngine:
             eos_token_id=params.eos_token_ids or None,
             pad_token_id=params.pad_token_id,
         )
+        encoder_decoder = is_encoder_decoder(self.model)
+        inputs, input_mask = right_aligned(prompt_ids, prompt_mask) if encoder_decoder else (prompt_ids, prompt_mask)
+        if encoder_decoder:
+            config.decoder_start_token_id = decoder_start_id(self.model)
         was_training = self.model.training
         self.model.eval()
         try:
             with without_checkpoint_generation_defaults(self.model), contiguous_head_inputs(self.model):
                 out = self.model.generate(
-                    input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=config
+                    input_ids=inputs, attention_mask=input_mask.long(), generation_config=config
                 )
         finally:
             self.model.train(was_training)
-        response = out[:, prompt_ids.shape[1] :]
+        # the response: what follows the prompt, or an encoder-decoder's decoder output after its start token
+        response = out[:, 1:] if encoder_decoder else out[:, prompt_ids.shape[1] :]
         ids, mask, ended = truncate_after_stop(response, params.eos_token_ids, params.pad_token_id)
         return Rollout(prompt_ids, prompt_mask.bool(), ids, mask, ended, temperature=params.temperature)

@@ -51,6 +51,8 @@ def estimate_advantages(config: PPOConfig, scores: torch.Tensor, kl: torch.Tenso
     zeros = torch.zeros_like(kl)
     if algo in ("ppo", "reinforce_pp"):
         rewards = token_rewards(scores, kl, kl_coef, mask)
+        if algo == "ppo" and config.whiten_rewards:
+            rewards = whiten(rewards, mask, shift_mean=False, all_reduce=all_reduce)
         if algo == "ppo":
             advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
             if config.whiten_advantages:

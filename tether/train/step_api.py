@@ -10,8 +10,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..algo import masked_sum
-from ..compat.trl_trainer import trl_sampling_departures, trl_stats
-from ..models.forward import response_forward
+from ..compat.trl_trainer import trl_sampling_departures, trl_scores, trl_stats
+from ..models.forward import decoder_start_id, response_forward
 from ..rewards.base import check_scores
 from .step_inputs import (as_id_list, build_rollout, check_groups, engine_logprob_rows, flatten_groups, is_text,
                           output_forms, prompt_token_lists, response_rows, response_token_lists)
@@ -59,9 +59,12 @@ def generate(trainer, query: Any, length_sampler: Callable[[], int] | None, batc
     for q, p, c, ids, lps in zip(queries, prompt_ids, completions, responses, engine_logprobs):
         trainer._sampled.remember(repr(q) if text else "", p, ids, params.temperature, completion=c,
                                   off_policy=params.off_policy, logprobs=lps)
-    outs = output_forms(prompt_ids, responses, trainer.tokenizer, text, single, return_prompt, trainer.device)
+    heads, with_head = prompt_ids, return_prompt
+    if trainer.is_encoder_decoder:  # TRL's form: the decoder sequence, from its start token, never the query
+        heads, with_head = [[decoder_start_id(trainer.policy)]] * len(prompt_ids), True
+    outs = output_forms(heads, responses, trainer.tokenizer, text, single, with_head, trainer.device)
     if generate_ref_response:
-        return outs, output_forms(prompt_ids, references, trainer.tokenizer, text, single, return_prompt, trainer.device)
+        return outs, output_forms(heads, references, trainer.tokenizer, text, single, with_head, trainer.device)
     return outs
 
 
@@ -77,12 +80,18 @@ def step(trainer, queries: Sequence[Any], responses: Sequence[Any], scores: Sequ
         raise ValueError(f"step: got {n} queries, but config.batch_size is {trainer.config.batch_size}")
     if response_masks is not None and len(response_masks) != n:
         raise ValueError(f"step: {n} responses but {len(response_masks)} response_masks")
+    for s in scores:
+        if isinstance(s, torch.Tensor) and s.dim() > 1:
+            raise ValueError(f"step: scores must be 0- or 1-dimensional tensors, got one of shape {tuple(s.shape)}")
     scores_t = check_scores([s.squeeze() if isinstance(s, torch.Tensor) else s for s in scores], n,
                             source="step: scores")
     prompt_ids = prompt_token_lists(queries, trainer.tokenizer, trainer.config.max_prompt_length,
                                     trainer.config.use_chat_template, trainer._prompt_ids,
                                     trainer.config.prompt_overflow)
     response_ids = response_token_lists(responses, [repr(q) for q in queries], trainer._sampled, trainer.tokenizer)
+    if trainer.is_encoder_decoder:  # the decoder's start token (generate's first) is not an action of the policy
+        start = decoder_start_id(trainer.policy)
+        response_ids = [r[1:] if r and r[0] == start else r for r in response_ids]
     _check_on_policy(trainer, prompt_ids, response_ids)
     temperature = trainer._sampled.temperature_of(prompt_ids, response_ids, default=trainer.config.temperature)
     masks = None if response_masks is None else [as_id_list(m, "response_masks", i) if not isinstance(m, torch.Tensor)
@@ -93,12 +102,16 @@ def step(trainer, queries: Sequence[Any], responses: Sequence[Any], scores: Sequ
                             sample_logprobs=trainer._sampled.logprobs_of(prompt_ids, response_ids))
     trainer._sampled.clear()
     trainer._prompt_ids.clear()
-    stats = trainer.ppo.learn(rollout, scores_t.to(trainer.device))
+    scores_t = scores_t.to(trainer.device)
+    if trainer.trl_mode:  # TRL's score scaling and clipping come first: its ppo/mean_scores are of these
+        scores_t = trl_scores(scores_t, trainer.config, trainer.running, trainer.dist.sum)
+    stats = trainer.ppo.learn(rollout, scores_t)
     if trainer.lr_scheduler is not None:
         trainer.lr_scheduler.step()
     stats.update(trl_stats(stats, trainer.ppo.last_experience, [len(p) for p in prompt_ids], trainer.dist,
                            arrays=trainer.trl_mode))
-    stats = trainer.record(stats, generate_seconds=trainer._generate_seconds)
+    # TRL logged a step's stats only through log_stats: one row per step, not two
+    stats = trainer.record(stats, generate_seconds=trainer._generate_seconds, log=not trainer.trl_mode)
     trainer._generate_seconds = 0.0
     return stats
 

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,12 +26,14 @@ from torch import nn
 
 from ..config import PPOConfig
 from ..data.prompts import left_pad
-from ..models.critic import ValueModel
+from ..models.critic import ValueModel, unwrap_peft
 from ..models.loading import prepare_tokenizer
 from ..rollout import HFEngine, Rollout, SamplingParams
+from ..compat import trl_methods
 from ..compat.config import apply_trl_defaults
+from ..algo import RunningMoments
 from ..compat.trl_trainer import (Accelerator, ProgramSchedule, is_tokenizer, log_stats, make_dataloader,
-                                  positional_arguments, trl_tracker, unwrap_models)
+                                  positional_arguments, reference_wrapper, trl_precision, trl_tracker, unwrap_models)
 from ..tracking.metrics import memory_stats
 from ..tracking.sinks import check_report_to, make_sinks
 from .allocator import keep_freed_memory
@@ -115,9 +118,14 @@ class PPOTrainer:
         self.device = next(policy.parameters()).device
         if config.reuse_freed_memory and self.device.type == "cpu":
             keep_freed_memory()
-        self.precision = Precision.resolve(config.precision, self.device)
+        self.precision = trl_precision(config, models.policy, self.device) if self.trl_mode else \
+            Precision.resolve(config.precision, self.device)
         logger.info(self.precision.describe())
         policy = self.precision.prepare(policy)
+        if models.ref_model is not None and self.precision.mixed and any(
+                p.is_floating_point() and p.dtype != torch.bfloat16 for p in models.ref_model.parameters()):
+            logger.warning("precision bf16-mixed: the ref_model you passed is stored in bf16 in place (the object is "
+                           "changed); precision='fp32' leaves it as loaded")
         ref = self.precision.prepare(make_reference(policy, models.ref_model, self.precision.frozen_dtype))
         self.reward_fn = make_reward(reward_fn, reward_model, reward_tokenizer)
         if models.value_head is not None and config.value_model == "head" and config.needs_critic:
@@ -135,16 +143,26 @@ class PPOTrainer:
             given["optimizer"] = make_optimizer(policy.parameters(), critic_module.parameters() if critic_module else [],
                                                 config.learning_rate, config.critic_learning_rate,
                                                 config.weight_decay, config.adam_eps)
+        if self.trl_mode:  # TRL's trainer held accelerate's wrappers: .optimizer.optimizer, .lr_scheduler.scheduler
+            given["optimizer"] = trl_methods.AcceleratedOptimizer(given["optimizer"])
+            if given["lr_scheduler"] is not None:
+                given["lr_scheduler"] = trl_methods.AcceleratedScheduler(given["lr_scheduler"])
         self.dist = Distributed.from_environment()
         self.ppo = PPOLearner(config, policy, ref, critic, value_head, given["optimizer"], self.dist, self.precision)
         self.lr_scheduler = given["lr_scheduler"]
         if self.lr_scheduler is not None:  # the program's schedule, stepped once per step(); none of ours
             self.ppo.scheduler = ProgramSchedule()
         self.model = models.wrapper if models.wrapper is not None else policy  # what TRL programs call .model
+        # TRL's ppo_trainer.ref_model: the value-head wrapper it was given or made (None with peft)
+        self._ref_wrapper = reference_wrapper(models, ref) if self.trl_mode else None
+        self.running = RunningMoments()  # of the scores, for TRL's use_score_scaling
         self.engine = make_engine(engine, policy, self.precision)
         self._engine_synced_at: int | None = None  # the iteration whose weights the engine holds
         self._sync_seconds = 0.0  # weight updates of the engine since the last record()
         self.dataset = given["dataset"]
+        if self.trl_mode and self.dataset is None:
+            warnings.warn("No dataset is provided. Make sure to set config.batch_size to the correct value before "
+                          "training.", UserWarning, stacklevel=2)
         self.data_collator = given["data_collator"]
         self.training_data_collator = training_data_collator  # accepted; tether pads inputs itself
         if self.dist.enabled:
@@ -161,7 +179,6 @@ class PPOTrainer:
 
     # the learner's state under the names TRL-era code and tests use; the learner owns it
     policy = _learner_attribute("policy")
-    ref_model = _learner_attribute("ref_model")
     critic = _learner_attribute("critic")
     value_head = _learner_attribute("value_head")
     optimizer = _learner_attribute("optimizer")
@@ -169,6 +186,17 @@ class PPOTrainer:
     kl_ctl = _learner_attribute("kl_ctl")
     faults = _learner_attribute("faults")
     iteration = _learner_attribute("iteration")
+
+    @property
+    def ref_model(self):
+        """The frozen reference: the learner's (a causal LM; None with LoRA), or for a TRL value-head
+        program the value-head wrapper TRL's trainer held (given, or a frozen copy of the model)."""
+        return self._ref_wrapper if self._ref_wrapper is not None else self.ppo.ref_model
+
+    @ref_model.setter
+    def ref_model(self, value) -> None:
+        self._ref_wrapper = None
+        self.ppo.ref_model = value
 
     def make_experience(self, rollout: Rollout, scores: torch.Tensor):
         """``PPOLearner.make_experience``: score a rollout once; returns ``(experience, stats)``."""
@@ -242,15 +270,16 @@ class PPOTrainer:
                                 keep_checkpoints, resume, progress, prompt_field, prompt_formatter)
 
     def record(self, stats: dict[str, float], generate_seconds: float = 0.0,
-               reward_seconds: float = 0.0) -> dict[str, float]:
+               reward_seconds: float = 0.0, log: bool = True) -> dict[str, float]:
         """Add the iteration's generation and reward times to its stats and log them (``metrics.jsonl``
-        and the ``report_to`` sinks); the stats are kept for model cards."""
+        and the ``report_to`` sinks; ``log=False``: not now, ``log_stats`` will); the stats are kept
+        for model cards."""
         stats["time/generate"] = generate_seconds
         stats["time/reward"] = reward_seconds
         stats["time/weight_sync"], self._sync_seconds = self._sync_seconds, 0.0
         stats.update(memory_stats(self.device))
         self.last_stats = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
-        if self.sink is not None:
+        if self.sink is not None and log:
             self.sink.log(self.iteration, self.last_stats)
         return stats
 
@@ -288,13 +317,45 @@ class PPOTrainer:
         return self.device
 
     @property
+    def is_encoder_decoder(self) -> bool:
+        """An encoder-decoder policy (T5, BART): responses are decoder sequences."""
+        return bool(getattr(unwrap_peft(self.policy).config, "is_encoder_decoder", False))
+
+    @property
+    def is_peft_model(self) -> bool:
+        return hasattr(self.policy, "peft_config")
+
+    # TRL 0.11's trainer internals, with TRL's numerics (tether.compat.trl_methods); step() does not use them
+    def _step_safety_checker(self, batch_size, queries, responses, scores, masks=None):
+        return trl_methods.step_safety_checker(self, batch_size, queries, responses, scores, masks)
+
+    def prepare_model_inputs(self, queries, responses):
+        return trl_methods.prepare_model_inputs(self, queries, responses)
+
+    def batched_forward_pass(self, model, queries, responses, model_inputs, return_logits=False, response_masks=None):
+        return trl_methods.batched_forward_pass(self, model, queries, responses, model_inputs, return_logits,
+                                                response_masks)
+
+    def compute_rewards(self, scores, logprobs, ref_logprobs, masks):
+        return trl_methods.compute_rewards(self, scores, logprobs, ref_logprobs, masks)
+
+    def _kl_penalty(self, logprob, ref_logprob):
+        return trl_methods.kl_penalty(self, logprob, ref_logprob)
+
+    def compute_advantages(self, values, rewards, mask):
+        return trl_methods.compute_advantages(self, values, rewards, mask)
+
+    def loss(self, old_logprobs, values, logits, vpreds, logprobs, mask, advantages, returns):
+        return trl_methods.loss(self, old_logprobs, values, logits, vpreds, logprobs, mask, advantages, returns)
+
+    @property
     def is_distributed(self) -> bool:
         return self.dist.enabled
 
     def compute_reward_score(self, input_ids, attention_mask=None, **kwargs):
-        """TRL scored with a reward adapter inside the policy; tether scores with a separate reward model."""
-        raise NotImplementedError("compute_reward_score: reward adapters inside the policy are not supported; "
-                                  "score with a RewardModelScorer (or any function) and pass the scores to step()")
+        """The reward adapter's scores ``[B, L, num_labels]`` (``model.compute_reward_score``; the model
+        loaded with ``from_pretrained(..., reward_adapter=DIR)``)."""
+        return self.model.compute_reward_score(input_ids, attention_mask, **kwargs)
 
     def sequence_kl(self, queries: Sequence[Any], responses: Sequence[Any]) -> list[float]:
         """KL of the policy to the reference on given responses, one number (nats) per response:
@@ -348,6 +409,13 @@ class PPOTrainer:
         return ids
 
     def _sampling_params(self, gen_kwargs: dict, length_sampler) -> SamplingParams:
+        if self.trl_mode and length_sampler is None and not {"max_new_tokens", "max_length"} & set(gen_kwargs):
+            # transformers 4.46 (TRL 0.11's): the checkpoint's max_length (default 20), prompt included
+            default = getattr(getattr(unwrap_peft(self.policy), "generation_config", None), "max_length", None) or 20
+            gen_kwargs = {**gen_kwargs, "max_length": default}
+            self._warn_once("max_length", f"generate: no max_new_tokens given, so the length is transformers' "
+                            f"max_length={default} with the prompt included, as in TRL 0.11 (transformers 4.46). "
+                            "Pass max_new_tokens to set the response length.")
         return sampling_params(gen_kwargs, length_sampler, self.config, self._stop_ids(), self.tokenizer.pad_token_id,
                                len(self.tokenizer))
 
