@@ -250,3 +250,29 @@ def test_reward_adapter_scores_on_the_shared_base_and_survives_ppo_steps(model, 
     plain = AutoModelForCausalLMWithValueHead.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"))
     with pytest.raises(ValueError, match="does not support"):
         plain.compute_reward_score(inputs)
+
+
+# ---------------------------------------------------------------- tether.extras
+
+def test_best_of_n_keeps_the_best_scored_of_sample_size_texts(model, tokenizer):
+    from tether import AutoModelForCausalLMWithValueHead
+    from tether.core import LengthSampler
+    from tether.extras import BestOfNSampler
+
+    seen = []
+
+    def score(texts):  # longer text without spaces scores higher: any deterministic rule will do
+        seen.append(list(texts))
+        return [sum(ch != " " for ch in t) * 1.0 + i * 1e-3 for i, t in enumerate(texts)]
+
+    sampler = BestOfNSampler(AutoModelForCausalLMWithValueHead.from_pretrained(model), tokenizer, score,
+                             LengthSampler(3, 6), sample_size=5, n_candidates=2, seed=0)
+    queries = [ids(tokenizer, "hello"), ids(tokenizer, "abc")]
+    out = sampler.generate(queries, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+    assert len(out) == 2 and len(seen) == 2 and all(len(texts) == 5 for texts in seen)
+    for best, texts in zip(out, seen):
+        scores = {t: sum(ch != " " for ch in t) + texts.index(t) * 1e-3 for t in texts}
+        assert best == sorted(texts, key=lambda t: -scores[t])[:2]
+    assert all(t.startswith(q) for q, texts in zip(("hello", "abc"), seen) for t in texts)  # query included, as TRL
+    with pytest.raises(ValueError, match="n_candidates"):
+        BestOfNSampler(model, tokenizer, score, LengthSampler(3, 6), sample_size=2, n_candidates=3)
