@@ -31,6 +31,8 @@ _LAZY = {
     "AutoModelForSeq2SeqLMWithValueHead": "tether.compat.models",
     "PreTrainedModelWrapper": "tether.compat.models",
     "create_reference_model": "tether.compat.models",
+    "TextEnvironment": "tether.environment",
+    "TextHistory": "tether.environment",
     "LengthSampler": "tether.compat.core",
     "respond_to_batch": "tether.compat.core",
     "set_seed": "tether.compat.core",

@@ -276,3 +276,41 @@ def test_best_of_n_keeps_the_best_scored_of_sample_size_texts(model, tokenizer):
     assert all(t.startswith(q) for q, texts in zip(("hello", "abc"), seen) for t in texts)  # query included, as TRL
     with pytest.raises(ValueError, match="n_candidates"):
         BestOfNSampler(model, tokenizer, score, LengthSampler(3, 6), sample_size=2, n_candidates=3)
+
+
+# ---------------------------------------------------------------- tool-using episodes
+
+def test_text_environment_runs_the_tool_protocol_and_masks_tool_tokens(model, tokenizer):
+    """A scripted policy calls a tool, reads its answer and submits; the tool's tokens get mask 0,
+    the model's 1, and step() trains on the model's tokens only."""
+    from tether import AutoModelForCausalLMWithValueHead, TextEnvironment
+
+    wrapped = AutoModelForCausalLMWithValueHead.from_pretrained(model)
+    turns = iter(["<request><Calc>1+2<call> extra words", "Result=3<submit> more", "never used"])
+    calls = []
+
+    def scripted_generate(input_ids, attention_mask, stopping_criteria, **kwargs):
+        text = next(turns)
+        new = ids(tokenizer, text).repeat(input_ids.shape[0], 1)
+        out = torch.cat([input_ids, new], dim=1)
+        calls.append(bool(stopping_criteria[0](out, None).all()))  # our stop criterion sees the stop string
+        return out
+
+    wrapped.generate = scripted_generate
+    env = TextEnvironment(wrapped, tokenizer, {"Calc": lambda q: str(eval(q))},  # noqa: S307 - test tool
+                          lambda texts, answers: [float("Result=%d" % a in t) for t, a in zip(texts, answers)],
+                          prompt="Q: ", generation_kwargs={"eos_token_id": -1, "max_new_tokens": 40})
+    queries, responses, masks, rewards, histories = env.run(["what is 1+2?"], answers=[3])
+    history = histories[0]
+    assert history.text == "Q: what is 1+2?<request><Calc>1+2<call>3<response>Result=3<submit>"
+    assert rewards == [1.0] and history.completed and calls == [True, True]
+    text = tokenizer.decode(responses[0])
+    assert text == "<request><Calc>1+2<call>3<response>Result=3<submit>"
+    tool = len(ids(tokenizer, "3<response>"))
+    call = len(ids(tokenizer, "<request><Calc>1+2<call>"))
+    assert masks[0].tolist() == [1] * call + [0] * tool + [1] * (len(responses[0]) - call - tool)
+    trainer = PPOTrainer(PPOConfig(batch_size=1, mini_batch_size=1), wrapped, None, tokenizer)
+    trainer.step(queries, responses, [torch.tensor(1.0)], masks)
+    assert trainer.ppo.last_experience.response_mask[0].tolist() == [bool(m) for m in masks[0].tolist()]
+    assert env.parse_tool_call("<request><Calc>4*3<call>") == ("Calc", "4*3")
+    assert env.parse_tool_call("no call here") == (None, None)
