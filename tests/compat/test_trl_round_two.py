@@ -221,7 +221,8 @@ def test_reward_adapter_scores_on_the_shared_base_and_survives_ppo_steps(model, 
     inputs = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=1)
-    rm = get_peft_model(rm, LoraConfig(r=4, lora_alpha=8, task_type="SEQ_CLS", target_modules=["q_proj", "v_proj"]))
+    rm = get_peft_model(rm, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, task_type="SEQ_CLS",
+                                       target_modules=["q_proj", "v_proj"]))
     optimizer = torch.optim.Adam([p for p in rm.parameters() if p.requires_grad], lr=1e-2)
     rm(inputs).logits.mean().backward()
     optimizer.step()
@@ -231,7 +232,8 @@ def test_reward_adapter_scores_on_the_shared_base_and_survives_ppo_steps(model, 
     rm.save_pretrained(tmp_path / "rm-adapter")
 
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
-                            LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"]))
+                            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, task_type="CAUSAL_LM",
+                                       target_modules=["q_proj", "v_proj"]))
     wrapped = AutoModelForCausalLMWithValueHead.from_pretrained(policy, reward_adapter=str(tmp_path / "rm-adapter"))
     torch.testing.assert_close(wrapped.compute_reward_score(inputs)[:, -1, :], expected, atol=1e-5, rtol=1e-5)
     trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=1, learning_rate=1e-2), wrapped, None, tokenizer)
@@ -240,6 +242,7 @@ def test_reward_adapter_scores_on_the_shared_base_and_survives_ppo_steps(model, 
     policy_lora = {n: p.clone() for n, p in policy.named_parameters() if "lora" in n and "reward" not in n}
     for _ in range(2):
         trainer.step(queries, responses, [torch.tensor(1.0), torch.tensor(0.0)])
+        wrapped.train()  # as TRL's tests do between steps: dropout must still be off where it matters
     torch.testing.assert_close(trainer.compute_reward_score(inputs)[:, -1, :], expected, atol=1e-5, rtol=1e-5)
     params = dict(policy.named_parameters())
     assert any(not torch.equal(params[n], v) for n, v in policy_lora.items())  # the policy adapter trained
@@ -314,3 +317,23 @@ def test_text_environment_runs_the_tool_protocol_and_masks_tool_tokens(model, to
     assert trainer.ppo.last_experience.response_mask[0].tolist() == [bool(m) for m in masks[0].tolist()]
     assert env.parse_tool_call("<request><Calc>4*3<call>") == ("Calc", "4*3")
     assert env.parse_tool_call("no call here") == (None, None)
+
+
+def test_dropout_stays_off_in_ppo_after_a_program_calls_model_train(tokenizer):
+    """TRL's tests and programs call model.train() between steps; tether's forwards keep dropout off,
+    so at lr 0 the new logprobs equal the old ones exactly (approx KL 0; with dropout it is not)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tiny import tiny_llama
+
+    from tether import AutoModelForCausalLMWithValueHead
+
+    wrapped = AutoModelForCausalLMWithValueHead.from_pretrained(tiny_llama(tokenizer, attention_dropout=0.5))
+    trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=1, learning_rate=0.0), wrapped, None, tokenizer)
+    wrapped.train()
+    stats = trainer.step([ids(tokenizer, "hello"), ids(tokenizer, "abc")],
+                         [ids(tokenizer, "some answer"), ids(tokenizer, "other one")],
+                         [torch.tensor(1.0), torch.tensor(0.0)])
+    assert stats["policy/approxkl"] == 0.0 and stats["policy/clipfrac"] == 0.0

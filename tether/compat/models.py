@@ -130,13 +130,16 @@ class PreTrainedModelWrapper(nn.Module):
                              "from_pretrained(..., peft_config=..., reward_adapter=DIR)")
         model = self.pretrained_model
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        was_training = model.training
         model.set_adapter(self.rm_adapter_name)
+        model.eval()  # dropout off: a reward is a deterministic function of the text
         try:
             with torch.no_grad():
                 out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
                             return_dict=True, **kwargs)
                 return self.score(out.hidden_states[-1].to(self.score.weight.dtype))
         finally:
+            model.train(was_training)
             model.set_adapter(self.policy_adapter_name)
             for name, p in model.named_parameters():  # set_adapter flips requires_grad: restore the policy's
                 p.requires_grad_(name in trainable)

@@ -100,6 +100,9 @@ class PPOLearner:
         t0 = time.perf_counter()
         if self.scheduler is None:
             self.scheduler = self.make_scheduler()
+        for module in (self.policy, self.critic, self.value_head):  # dropout off in every forward [H24], even
+            if module is not None:                                  # after a program's model.train()
+                module.eval()
         experience, stats = self.make_experience(rollout, scores)
         stats["time/experience"] = time.perf_counter() - t0
         stats.update(self.ppo_update(experience))
