@@ -64,8 +64,8 @@ def test_seq2seq_value_head_program_trains_on_decoder_tokens_only(tokenizer):
     assert all(r[0].item() == start and len(r) <= 7 for r in responses)  # TRL's form: the decoder output
     stats = trainer.step(queries, responses, [torch.tensor(1.0), torch.tensor(-1.0)])
     lengths = [len(r) - 1 for r in responses]  # the start token is not an action
-    assert stats["tokens/responses_len_mean"] == pytest.approx(sum(lengths) / 2)
-    assert trainer.ppo.last_experience.response_mask.sum().item() == sum(lengths)
+    assert stats["tokens/responses_len_mean"] == pytest.approx(sum(lengths) / 2 + 1)  # TRL counted it
+    assert trainer.ppo.last_experience.response_mask.sum().item() == sum(lengths)  # every real token trained
     assert any(not torch.equal(before[k], v) for k, v in model.pretrained_model.state_dict().items())
     assert math.isfinite(stats["ppo/loss/total"])
 

@@ -249,7 +249,8 @@ def test_response_masks_restrict_the_loss(model, tokenizer):
     gb, _ = _step_grads(factory, tokenizer, b, masks)
     for x, y in zip(ga, gb):  # masked-out last tokens carry no loss, and nothing comes after them
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-7)
-    assert sa["tokens/responses_len_mean"] == pytest.approx(2.5)  # 3 and 2 trained tokens
+    assert sa["tokens/response_len_mean"] == pytest.approx(2.5)  # tether's key: 3 and 2 trained tokens
+    assert sa["tokens/responses_len_mean"] == pytest.approx(4.0)  # TRL's key: the tokens given, as TRL counted
     gc, _ = _step_grads(factory, tokenizer, b, None)
     assert any(not torch.allclose(x, y) for x, y in zip(ga, gc))
     with pytest.raises(ValueError, match="response_masks\\[0\\] has 3 entries"):

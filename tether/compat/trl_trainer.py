@@ -222,9 +222,12 @@ class Accelerator:
             torch.save(obj, path)
 
 
-def trl_stats(stats: dict[str, float], experience, query_lens: list[int], dist, arrays: bool) -> dict[str, Any]:
+def trl_stats(stats: dict[str, float], experience, query_lens: list[int], dist, arrays: bool,
+              response_lens: list[int] | None = None) -> dict[str, Any]:
     """TRL 0.11's stats keys computed from one iteration (tether's keys stay alongside), over the
-    global batch like tether's own.
+    global batch like tether's own. ``response_lens``: the responses' lengths as the program gave
+    them (TRL's ``tokens/responses_*``: masked tokens and a decoder's start token counted); default
+    the trained tokens.
 
     ``arrays``: also the distributions TRL logged as arrays (``objective/kl_dist``,
     ``objective/logprobs``, ``ppo/policy/advantages``, ``tokens/*_dist``, ...; this process's rows)."""
@@ -240,8 +243,9 @@ def trl_stats(stats: dict[str, float], experience, query_lens: list[int], dist, 
     n = max(moments["n"], 1.0)
     mean = {k: moments[k + "1"] / n for k in ("adv", "ret", "val", "kl")}
     var = {k: (moments[k + "2"] - n * mean[k] ** 2) / max(n - 1, 1.0) for k in ("adv", "ret", "val")}
-    lens = dist.gather(torch.stack([torch.tensor(query_lens, dtype=torch.float, device=mask.device),
-                                    mask.sum(1).float()], dim=1))
+    given = mask.sum(1).float() if response_lens is None else torch.tensor(response_lens, dtype=torch.float,
+                                                                             device=mask.device)
+    lens = dist.gather(torch.stack([torch.tensor(query_lens, dtype=torch.float, device=mask.device), given], dim=1))
     q, r = lens[:, 0].cpu(), lens[:, 1].cpu()
     out: dict[str, Any] = {
         "ppo/mean_scores": stats["objective/scores"],
@@ -335,6 +339,22 @@ def trl_sampling_departures(gen_kwargs: dict) -> list[tuple[str, str]]:
     return out
 
 
+def trl_step_departures(config, encoder_decoder: bool) -> list[tuple[str, str]]:
+    """``(key, message)`` for each way tether's ``step`` departs from TRL 0.11's on purpose, for this
+    config and policy (the trainer says each once)."""
+    out = []
+    if config.whiten_rewards:
+        out.append(("whiten_rewards", "whiten_rewards: tether whitens the per-token rewards over the response "
+                    "tokens; TRL 0.11 also gave every padding position after a response the whitened value of 0, "
+                    "which its GAE carried into the response's advantages (its update depended on how much padding "
+                    "the batch had). The updates differ by that amount (docs/coming-from-trl.md)"))
+    if encoder_decoder:
+        out.append(("seq2seq first token", "encoder-decoder policy: tether trains on every response token; TRL 0.11 "
+                    "left the first token after the decoder's start token out of the loss, KL and values (an "
+                    "off-by-one in its batched_forward_pass)"))
+    return out
+
+
 def trl_tracker(trainer):
     """TRL's ``log_with`` (tensorboard / wandb): sinks under ``project_kwargs['logging_dir']``
     (default ``runs/<exp_name>``); a tracker that is not installed is skipped with a warning."""
@@ -351,4 +371,4 @@ def trl_tracker(trainer):
         return trainer._make_sink(run_dir)
 
 
-__all__ = ["Accelerator", "ProgramSchedule", "log_stats", "reference_wrapper", "trl_precision", "trl_scores", "trl_sampling_departures", "trl_tracker", "is_tokenizer", "make_dataloader", "positional_arguments", "trl_stats", "unwrap_models"]
+__all__ = ["Accelerator", "ProgramSchedule", "log_stats", "reference_wrapper", "trl_precision", "trl_scores", "trl_step_departures", "trl_sampling_departures", "trl_tracker", "is_tokenizer", "make_dataloader", "positional_arguments", "trl_stats", "unwrap_models"]

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..algo import masked_sum
-from ..compat.trl_trainer import trl_sampling_departures, trl_scores, trl_stats
+from ..compat.trl_trainer import trl_sampling_departures, trl_scores, trl_stats, trl_step_departures
 from ..models.forward import decoder_start_id, response_forward
 from ..rewards.base import check_scores
 from .step_inputs import (as_id_list, build_rollout, check_groups, engine_logprob_rows, flatten_groups, is_text,
@@ -89,9 +89,13 @@ def step(trainer, queries: Sequence[Any], responses: Sequence[Any], scores: Sequ
                                     trainer.config.use_chat_template, trainer._prompt_ids,
                                     trainer.config.prompt_overflow)
     response_ids = response_token_lists(responses, [repr(q) for q in queries], trainer._sampled, trainer.tokenizer)
+    given_lens = [len(r) for r in response_ids]
     if trainer.is_encoder_decoder:  # the decoder's start token (generate's first) is not an action of the policy
         start = decoder_start_id(trainer.policy)
         response_ids = [r[1:] if r and r[0] == start else r for r in response_ids]
+    if trainer.trl_mode:
+        for key, message in trl_step_departures(trainer.config, trainer.is_encoder_decoder):
+            trainer._warn_once(key, message)
     _check_on_policy(trainer, prompt_ids, response_ids)
     temperature = trainer._sampled.temperature_of(prompt_ids, response_ids, default=trainer.config.temperature)
     masks = None if response_masks is None else [as_id_list(m, "response_masks", i) if not isinstance(m, torch.Tensor)
@@ -109,7 +113,7 @@ def step(trainer, queries: Sequence[Any], responses: Sequence[Any], scores: Sequ
     if trainer.lr_scheduler is not None:
         trainer.lr_scheduler.step()
     stats.update(trl_stats(stats, trainer.ppo.last_experience, [len(p) for p in prompt_ids], trainer.dist,
-                           arrays=trainer.trl_mode))
+                           arrays=trainer.trl_mode, response_lens=given_lens if trainer.trl_mode else None))
     # TRL logged a step's stats only through log_stats: one row per step, not two
     stats = trainer.record(stats, generate_seconds=trainer._generate_seconds, log=not trainer.trl_mode)
     trainer._generate_seconds = 0.0
