@@ -277,18 +277,22 @@ def _accept_trl_fields(dataclass_init):
     for a TRL value-head program."""
 
     def __init__(self, *args, **kwargs):
-        from .compat.config import split_trl_kwargs
+        from .compat.config import drop_unchanged_arguments, split_trl_kwargs
 
-        fields = dataclasses.fields(PPOConfig)
+        fields = own_fields(PPOConfig)
         names = [f.name for f in fields]
+        kwargs = drop_unchanged_arguments(kwargs, dataclasses.fields(PPOConfig))
         own, trl = split_trl_kwargs(kwargs, set(names))
         explicit = set(names[: len(args)]) | set(own)
-        if explicit >= set(names):  # every field passed (HfArgumentParser does): only changed ones were set
+        if explicit >= set(names):  # every field passed positionally: only changed ones were set
             defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                         for f in fields}
             explicit = {n for n in own if own[n] != defaults[n]}
         object.__setattr__(self, "_explicit", explicit)
         object.__setattr__(self, "trl", trl)
+        # the class lists TRL's field names too (for HfArgumentParser); an instance's fields — what
+        # asdict, replace, YAML and checkpoints see — are tether's options only
+        object.__setattr__(self, "__dataclass_fields__", _OWN_FIELDS)
         dataclass_init(self, *args, **own)
         object.__setattr__(self, "_tracking", True)
 
@@ -296,7 +300,25 @@ def _accept_trl_fields(dataclass_init):
     return __init__
 
 
+def own_fields(cls) -> list[dataclasses.Field]:
+    """The options of a config dataclass, without the TRL 0.11 names ``PPOConfig`` lists for
+    HfArgumentParser (``tether.compat.config.argument_fields``)."""
+    from .compat.config import ARGUMENT_TYPES
+
+    return [f for f in dataclasses.fields(cls) if cls is not PPOConfig or f.name not in ARGUMENT_TYPES]
+
+
+def _list_trl_arguments() -> None:
+    from .compat.config import argument_fields
+
+    shadow = dataclasses.make_dataclass("TRLArguments", argument_fields())
+    for f in dataclasses.fields(shadow):
+        PPOConfig.__dataclass_fields__.setdefault(f.name, f)
+        PPOConfig.__annotations__.setdefault(f.name, f.type)  # HfArgumentParser reads the type hints
+
+
 PPOConfig.__init__ = _accept_trl_fields(PPOConfig.__init__)
+_list_trl_arguments()
 
 
 def _ppo_config_setattr(self, name: str, value: Any) -> None:
@@ -325,10 +347,25 @@ def _ppo_config_getattr(self, name: str) -> Any:
 
 def _ppo_config_to_dict(self) -> dict:
     """TRL's ``to_dict``: every option (and the TRL-only fields given), flattened."""
-    return {**dataclasses.asdict(self), **self.__dict__.get("trl", {})}
+    return {**{f.name: getattr(self, f.name) for f in own_fields(PPOConfig)}, **self.__dict__.get("trl", {})}
 
 
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(PPOConfig))
+_OWN_FIELDS = {f.name: f for f in own_fields(PPOConfig)}
+_FIELD_NAMES = frozenset(_OWN_FIELDS)
+
+
+def _ppo_config_getstate(self) -> dict:
+    """Pickle / deepcopy state: the instance's field view is restored by ``__setstate__``, not copied."""
+    return {k: v for k, v in self.__dict__.items() if k != "__dataclass_fields__"}
+
+
+def _ppo_config_setstate(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self.__dict__["__dataclass_fields__"] = _OWN_FIELDS
+
+
+PPOConfig.__getstate__ = _ppo_config_getstate
+PPOConfig.__setstate__ = _ppo_config_setstate
 PPOConfig.__setattr__ = _ppo_config_setattr
 PPOConfig.__getattr__ = _ppo_config_getattr
 PPOConfig.to_dict = _ppo_config_to_dict
@@ -640,7 +677,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 def from_dict(cls, data: dict, prefix: str = ""):
     """Build dataclass ``cls`` from a plain dict, rejecting unknown keys with a suggestion."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in own_fields(cls)]
     kwargs = {}
     for key, value in data.items():
         if key not in names:

@@ -50,7 +50,7 @@ def test_encoder_decoder_logprobs_equal_the_models_own_teacher_forced_forward(to
             torch.testing.assert_close(ours[i, : len(r)], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_seq2seq_value_head_program_trains_on_decoder_tokens_only(tokenizer):
+def test_seq2seq_value_head_program_trains_on_decoder_tokens_only(tokenizer, caplog):
     from tether import AutoModelForSeq2SeqLMWithValueHead, AutoModelForCausalLMWithValueHead
 
     model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(tiny_t5(tokenizer))
@@ -62,7 +62,9 @@ def test_seq2seq_value_head_program_trains_on_decoder_tokens_only(tokenizer):
     responses = trainer.generate(queries, return_prompt=False, max_new_tokens=6, remove_padding=True)
     start = tokenizer.pad_token_id
     assert all(r[0].item() == start and len(r) <= 7 for r in responses)  # TRL's form: the decoder output
-    stats = trainer.step(queries, responses, [torch.tensor(1.0), torch.tensor(-1.0)])
+    with caplog.at_level(logging.WARNING):
+        stats = trainer.step(queries, responses, [torch.tensor(1.0), torch.tensor(-1.0)])
+    assert "left the first token after the decoder's start token out" in caplog.text  # said once
     lengths = [len(r) - 1 for r in responses]  # the start token is not an action
     assert stats["tokens/responses_len_mean"] == pytest.approx(sum(lengths) / 2 + 1)  # TRL counted it
     assert trainer.ppo.last_experience.response_mask.sum().item() == sum(lengths)  # every real token trained
@@ -98,6 +100,21 @@ def test_trl_option_names_set_after_construction_map_onto_tether_options():
     assert config.use_score_scaling is True
     with pytest.raises(AttributeError, match="did you mean 'kl_coef'"):
         config.kl_coeff = 0.1
+
+
+def test_a_config_lists_trls_fields_for_hfargumentparser_but_copies_and_saves_its_own():
+    import copy
+    import dataclasses
+    import pickle
+
+    names = {f.name for f in dataclasses.fields(PPOConfig)}
+    assert {"log_with", "init_kl_coef", "steps", "tracker_kwargs"} <= names  # the class: for HfArgumentParser
+    config = PPOConfig(batch_size=4, mini_batch_size=2, init_kl_coef=0.3, steps=64)
+    assert "init_kl_coef" not in dataclasses.asdict(config) and "kl_coef" in dataclasses.asdict(config)
+    for clone in (copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
+        assert clone == config and (clone.kl_coef, clone.steps, clone.init_kl_coef) == (0.3, 64, 0.3)
+        assert {f.name for f in dataclasses.fields(clone)} == {f.name for f in dataclasses.fields(config)}
+    assert dataclasses.replace(config, batch_size=8).kl_coef == 0.3
 
 
 # ---------------------------------------------------------------- score handling and rewards
@@ -163,6 +180,7 @@ def test_a_trl_program_runs_fp32_unless_it_asked_and_says_how_to_go_faster(model
     asked = PPOConfig(batch_size=2, mini_batch_size=1, accelerator_kwargs={"mixed_precision": "bf16"})
     assert trl_precision(asked, model, "cpu").mode == "bf16-mixed"
     assert trl_precision(PPOConfig(batch_size=2, mini_batch_size=1, precision="bf16-mixed"), model, "cpu").mixed
+    assert trl_precision(PPOConfig(batch_size=2, mini_batch_size=1, precision="auto"), model, "cpu").mixed  # the docs' switch
 
 
 def test_trl_program_without_max_new_tokens_gets_transformers_max_length_20(model, tokenizer, caplog):
@@ -181,7 +199,10 @@ def test_trl_stats_ref_model_and_internals(model, tokenizer):
     from tether import AutoModelForCausalLMWithValueHead
 
     wrapped = AutoModelForCausalLMWithValueHead.from_pretrained(model)
+    tokenizer.padding_side = "right"
     trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=1), wrapped, None, tokenizer)
+    assert tokenizer.padding_side == "right"  # the program's tokenizer is left as it was, as TRL did
+    assert wrapped.current_device == torch.device("cpu") == trainer.current_device  # lora_tuning_peft.mdx uses it
     assert isinstance(trainer.ref_model, AutoModelForCausalLMWithValueHead)
     assert not any(p.requires_grad for p in trainer.ref_model.parameters())
     assert trainer.ref_model.pretrained_model is trainer.ppo.ref_model
@@ -337,3 +358,13 @@ def test_dropout_stays_off_in_ppo_after_a_program_calls_model_train(tokenizer):
                          [ids(tokenizer, "some answer"), ids(tokenizer, "other one")],
                          [torch.tensor(1.0), torch.tensor(0.0)])
     assert stats["policy/approxkl"] == 0.0 and stats["policy/clipfrac"] == 0.0
+
+
+def test_a_bf16_trl_model_runs_bf16_mixed_and_says_its_weights_are_cast(model, tokenizer, caplog):
+    from tether import AutoModelForCausalLMWithValueHead
+
+    wrapped = AutoModelForCausalLMWithValueHead.from_pretrained(model.to(torch.bfloat16))
+    with caplog.at_level(logging.WARNING):
+        trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=1), wrapped, None, tokenizer)
+    assert trainer.precision.mixed and "cast to float32 in place" in caplog.text
+    assert all(p.dtype == torch.float32 for p in wrapped.pretrained_model.parameters())

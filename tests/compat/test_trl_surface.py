@@ -320,6 +320,14 @@ def test_a_config_from_hfargumentparser_counts_only_the_options_given(wrapped, t
     config, = HfArgumentParser((PPOConfig,)).parse_args_into_dataclasses(args=["--mini_batch_size", "2"])
     trainer = PPOTrainer(config, wrapped, None, tokenizer)
     assert (trainer.config.batch_size, trainer.config.mini_batch_size, trainer.config.kl_coef) == (128, 2, 0.2)
+    # TRL's own option names on the command line (examples/scripts/ppo.py --log_with=wandb ...)
+    config, = HfArgumentParser((PPOConfig,)).parse_args_into_dataclasses(args=[
+        "--log_with", "tensorboard", "--init_kl_coef", "0.1", "--steps", "64", "--adap_kl_ctrl", "False",
+        "--kl_penalty", "abs", "--batch_size", "4"])
+    assert (config.kl_coef, config.adaptive_kl, config.kl_estimator, config.log_with, config.steps) == \
+        (0.1, False, "abs", "tensorboard", 64)
+    assert config.total_ppo_epochs == 16 and config.use_score_scaling is False
+    assert config.__dict__["_explicit"] == {"kl_coef", "adaptive_kl", "kl_estimator", "batch_size"}
 
 
 def test_trl_quickstart_runs_as_written(model, tokenizer, tmp_path):

@@ -75,6 +75,56 @@ TRL_DEFAULTS = {
 }
 
 
+# TRL 0.11 fields by type, for HfArgumentParser (``python ppo.py --log_with wandb --init_kl_coef 0.1``)
+ARGUMENT_TYPES = {
+    "exp_name": str, "log_with": "str | None", "task_name": "str | None", "query_dataset": str, "reward_model": str,
+    "remove_unused_columns": bool, "tracker_kwargs": dict, "accelerator_kwargs": dict, "project_kwargs": dict,
+    "tracker_project_name": str, "push_to_hub_if_best_kwargs": dict, "steps": int, "world_size": "int | None",
+    "optimize_cuda_cache": "bool | None", "optimize_device_cache": bool, "early_stopping": bool, "target_kl": float,
+    "compare_steps": int, "ratio_threshold": float, "use_score_scaling": bool, "use_score_norm": bool,
+    "is_encoder_decoder": "bool | None", "is_peft_model": "bool | None", "global_backward_batch_size": "int | None",
+    "global_batch_size": "int | None", "dataset_num_proc": "int | None", "backward_batch_size": "int | None",
+    # renamed: None = not given (the tether option's value stands)
+    "init_kl_coef": "float | None", "adap_kl_ctrl": "bool | None", "target": "float | None",
+    "horizon": "float | None", "kl_penalty": "str | None", "forward_batch_size": "int | None",
+}
+
+
+HELP = "TRL 0.11 PPOConfig field (docs/coming-from-trl.md)"
+
+
+def argument_fields() -> list[tuple]:
+    """``(name, type, dataclasses.field)`` of every TRL 0.11 ``PPOConfig`` field tether's dataclass
+    lacks, marked ``metadata={"trl": True}``: listed among ``PPOConfig``'s fields so that
+    ``HfArgumentParser((ScriptArguments, PPOConfig))`` offers TRL's command-line options."""
+    import dataclasses
+
+    out = []
+    for name, kind in ARGUMENT_TYPES.items():
+        default = None if name in RENAMED or name == "backward_batch_size" else KEPT.get(name)
+        if name == "exp_name":
+            default = "ppo"
+        if isinstance(default, dict):
+            spec = dataclasses.field(default_factory=dict, metadata={"help": HELP})
+        else:
+            spec = dataclasses.field(default=default, metadata={"help": HELP})
+        out.append((name, kind, spec))
+    return out
+
+
+def drop_unchanged_arguments(kwargs: dict[str, Any], fields) -> dict[str, Any]:
+    """Every field passed at once (HfArgumentParser does): keep only the values that differ from
+    their defaults, so a default is never mistaken for a choice (or a TRL name for a conflict)."""
+    import dataclasses
+
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields}
+    if not set(defaults) <= set(kwargs):
+        return kwargs
+    if kwargs.get("exp_name") == "ppo":
+        kwargs = {k: v for k, v in kwargs.items() if k != "exp_name"}
+    return {k: v for k, v in kwargs.items() if k not in defaults or v != defaults[k]}
+
+
 def split_trl_kwargs(kwargs: dict[str, Any], own_fields: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tether kwargs, TRL-only kwargs)``: TRL names mapped onto tether's fields, TRL-only fields
     apart. Raises ``TypeError`` (with a close match) for a name neither knows."""
@@ -177,4 +227,4 @@ def apply_trl_defaults(config) -> list[str]:
     return changed
 
 
-__all__ = ["KEPT", "RENAMED", "TRL_DEFAULTS", "apply_trl_defaults", "set_trl_field", "split_trl_kwargs", "trl_field"]
+__all__ = ["KEPT", "RENAMED", "TRL_DEFAULTS", "apply_trl_defaults", "argument_fields", "drop_unchanged_arguments", "set_trl_field", "split_trl_kwargs", "trl_field"]

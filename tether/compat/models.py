@@ -70,6 +70,11 @@ class PreTrainedModelWrapper(nn.Module):
                 raise
             return getattr(super().__getattr__("pretrained_model"), name)
 
+    @property
+    def current_device(self) -> torch.device:
+        """The device of the wrapped model's weights (TRL: where to put inputs and rewards)."""
+        return next(self.pretrained_model.parameters()).device
+
     @classmethod
     def around(cls, pretrained_model: nn.Module, v_head: nn.Module):
         """A frozen wrapper of ``pretrained_model`` with a frozen copy of ``v_head`` (TRL's reference

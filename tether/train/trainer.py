@@ -107,9 +107,12 @@ class PPOTrainer:
         self.config = config
         torch.manual_seed(config.seed)
         self.tokenizer = tokenizer
-        prepare_tokenizer(tokenizer)
         models = unwrap_models(model, given["ref_model"], given["num_shared_layers"])
         self.trl_mode = models.wrapper is not None  # a TRL value-head program: TRL's defaults and step semantics
+        side = tokenizer.padding_side
+        prepare_tokenizer(tokenizer)
+        if self.trl_mode:  # TRL left the program's tokenizer padding as it was (its own tokenizer(...) calls rely on it)
+            tokenizer.padding_side = side
         if self.trl_mode:
             changed = apply_trl_defaults(config)
             if changed:
@@ -121,6 +124,11 @@ class PPOTrainer:
         self.precision = trl_precision(config, models.policy, self.device) if self.trl_mode else \
             Precision.resolve(config.precision, self.device)
         logger.info(self.precision.describe())
+        if self.precision.mixed and any(p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)
+                                        for p in policy.parameters()):
+            logger.warning("precision bf16-mixed: the trainable weights of the model you passed are 16-bit; they are "
+                           "cast to float32 in place (master weights, so small updates are not lost; TRL trained them "
+                           "in 16 bits). Frozen weights stay in bf16.")
         policy = self.precision.prepare(policy)
         if models.ref_model is not None and self.precision.mixed and any(
                 p.is_floating_point() and p.dtype != torch.bfloat16 for p in models.ref_model.parameters()):
