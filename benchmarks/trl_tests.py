@@ -42,7 +42,7 @@ def build_models(root: Path, dropout: float | None = None) -> dict[str, str]:
     vocab = bpe.get_vocab_size()
     paths = {}
     for name, config, cls, pad_side in (
-        ("gpt2", GPT2Config(vocab_size=vocab, n_embd=32, n_layer=5, n_head=4, n_positions=128, bos_token_id=1,
+        ("gpt2", GPT2Config(vocab_size=vocab, n_embd=32, n_layer=5, n_head=4, n_positions=1024, bos_token_id=1,
                             eos_token_id=1, pad_token_id=1, tie_word_embeddings=False), GPT2LMHeadModel, "right"),
         ("bloom", BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=1,
                               pad_token_id=0), BloomForCausalLM, "left"),

@@ -213,8 +213,8 @@ class TextEnvironment:
                     texts = tokenizer.batch_decode(input_ids[:, width:])
                     return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
 
-            out = self.model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad,
-                                      stopping_criteria=StoppingCriteriaList([StopStrings()]), **kwargs)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **{"pad_token_id": pad, **kwargs},
+                                      stopping_criteria=StoppingCriteriaList([StopStrings()]))
             eos = kwargs.get("eos_token_id", getattr(getattr(self.model, "config", None), "eos_token_id", None))
             eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
             for row in out[:, width:]:
