@@ -70,6 +70,8 @@ def test_seq2seq_value_head_program_trains_on_decoder_tokens_only(tokenizer, cap
     assert trainer.ppo.last_experience.response_mask.sum().item() == sum(lengths)  # every real token trained
     assert any(not torch.equal(before[k], v) for k, v in model.pretrained_model.state_dict().items())
     assert math.isfinite(stats["ppo/loss/total"])
+    with pytest.raises(ValueError, match="encoder-decoder policy samples with the HF engine"):
+        PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=1), tiny_t5(tokenizer), tokenizer, engine="vllm")
 
 
 # ---------------------------------------------------------------- loading arguments
@@ -368,3 +370,19 @@ def test_a_bf16_trl_model_runs_bf16_mixed_and_says_its_weights_are_cast(model, t
         trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=1), wrapped, None, tokenizer)
     assert trainer.precision.mixed and "cast to float32 in place" in caplog.text
     assert all(p.dtype == torch.float32 for p in wrapped.pretrained_model.parameters())
+
+
+def test_an_encoder_decoder_policy_trains_through_train_too():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer(chat_template=False)
+    trainer = PPOTrainer(PPOConfig(batch_size=2, mini_batch_size=1, max_new_tokens=5, whiten_scores=True),
+                         tiny_t5(tok), tok)
+    stats = trainer.train(["hello there", "abc", "xyz", "qq"], reward_fn=lambda p, c: [float(len(x)) for x in c],
+                          max_iterations=2, progress=False)
+    assert len(stats) == 2 and all(math.isfinite(s["loss/total"]) for s in stats)
+    assert 0 < stats[-1]["tokens/response_len_mean"] <= 5

@@ -460,6 +460,11 @@ def make_engine(engine, policy, precision: Precision):
 
     if engine is None or (isinstance(engine, str) and engine == "hf"):
         return HFEngine(policy)
+    from ..models.forward import is_encoder_decoder
+
+    if is_encoder_decoder(policy):
+        raise ValueError(f"PPOTrainer(engine={engine!r}): an encoder-decoder policy samples with the HF engine "
+                         "(engine='hf'); vLLM's rollout path is for causal LMs")
     if isinstance(engine, str):
         try:
             engine = RolloutConfig(engine=engine)
