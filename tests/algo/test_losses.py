@@ -69,3 +69,27 @@ def test_masked_positions_never_reach_the_loss():
     mask = torch.tensor([[True, False]])
     loss, stats = ppo_policy_loss(logp, torch.zeros(1, 2), adv, mask)
     assert math.isfinite(loss.item()) and loss.item() == -1.0
+
+
+@pytest.mark.parametrize("advantage, ratio, active", [
+    (2.0, 1.5, "clipped"),     # A > 0, ρ > 1 + ε: capped at (1 + ε)·A, no gradient
+    (2.0, 0.5, "unclipped"),   # A > 0, ρ < 1 − ε: the unclipped (smaller) objective, full gradient
+    (-2.0, 0.5, "clipped"),    # A < 0, ρ < 1 − ε: capped at (1 − ε)·A, no gradient
+    (-2.0, 1.5, "unclipped"),  # A < 0, ρ > 1 + ε: the unclipped (more negative) objective, full gradient
+])
+def test_clipped_objective_in_all_four_sign_and_region_cases(advantage, ratio, active):
+    """L = max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ε = 0.2, hand-computed value and gradient
+    ∂L/∂logπ = −A·ρ where the unclipped term is active, 0 where the clipped one is."""
+    eps = 0.2
+    logprobs = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss, stats = ppo_policy_loss(logprobs, torch.zeros(1, 1), torch.tensor([[advantage]]),
+                                  torch.ones(1, 1, dtype=torch.bool), cliprange=eps)
+    loss.backward()
+    clipped_ratio = min(max(ratio, 1 - eps), 1 + eps)
+    if active == "clipped":
+        assert loss.item() == pytest.approx(-advantage * clipped_ratio, rel=1e-6)
+        assert logprobs.grad.item() == 0.0 and stats["clipped"].item() == 1.0
+    else:
+        assert loss.item() == pytest.approx(-advantage * ratio, rel=1e-6)
+        assert logprobs.grad.item() == pytest.approx(-advantage * ratio, rel=1e-6)
+        assert stats["clipped"].item() == 0.0

@@ -133,3 +133,21 @@ def test_lm_head_is_one_matmul_for_a_bf16_model():
         full = model(input_ids=ids).logits[:, -6:-1].float()
     torch.testing.assert_close(out.logprobs, torch.log_softmax(full, -1).gather(-1, ids[:, -5:, None])[..., 0],
                                rtol=0, atol=0.02)  # bf16 logits; positions from the same mask
+
+
+def test_left_padded_logprobs_of_a_gpt2_equal_its_own_unpadded_forward(tokenizer):
+    """GPT-2 has learned absolute positions (RoPE models hide a missing position_ids): the scoring
+    forward of a left-padded row equals GPT-2's own forward of the unpadded sequence."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    short = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    longer = tokenizer("a much longer prompt than the first one", add_special_tokens=False)["input_ids"]
+    ids, mask = left_pad([short, longer], tokenizer.pad_token_id)
+    with torch.no_grad():
+        padded = response_forward(gpt2, ids, mask.long(), 4, temperature=1.0).logprobs
+        logits = gpt2(torch.tensor([short])).logits[0, -5:-1]
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(short[-4:])[:, None]).squeeze(-1)
+    torch.testing.assert_close(padded[0], expected, rtol=1e-5, atol=1e-5)

@@ -83,3 +83,25 @@ def test_the_lm_head_gets_contiguous_rows_in_the_prefill(model, tokenizer):
     # the view the hook replaces really is one the head would otherwise get
     hidden = torch.zeros(16, 5, 8)
     assert not hidden[:, -1:, :].is_contiguous()
+
+
+def test_the_response_mask_ends_at_the_first_eos(tokenizer):
+    """What transformers returns after a row's EOS (padding, or tokens of a batch still running) is
+    not part of the response: mask False, ids padded, the row counted as ended."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.generation_config = GenerationConfig()
+
+        def generate(self, input_ids, attention_mask, generation_config):
+            new = torch.tensor([[5, eos, 7, 8], [5, 6, 7, 8]])
+            return torch.cat([input_ids, new], dim=1)
+
+    prompts = torch.tensor([[pad, 1, 2], [3, 4, 5]])
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, eos_token_ids=[eos], pad_token_id=pad)
+    rollout = HFEngine(Scripted()).generate(prompts, prompts != pad, params)
+    assert rollout.response_mask.tolist() == [[True, True, False, False], [True, True, True, True]]
+    assert rollout.response_ids[0].tolist() == [5, eos, pad, pad] and rollout.ended.tolist() == [True, False]
