@@ -8,7 +8,7 @@ import torch
 
 from tether import PPOConfig, PPOTrainer
 
-from .test_invariants import PROMPTS, fixed_rollout
+from .test_invariants import fixed_rollout
 
 
 def perturbed(model, scale=0.5, seed=3):
