@@ -223,11 +223,16 @@ class AutoModelForCausalLMWithValueHead(PreTrainedModelWrapper):
         if past_key_values is not None:
             kwargs["past_key_values"] = past_key_values
         out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        value = self.v_head(out.hidden_states[-1])
+        value = self.v_head(self._last_hidden_state(out))
         logits = out.logits.float()
         if return_past_key_values:
             return logits, out.loss, value, out.past_key_values
         return logits, out.loss, value
+
+    @staticmethod
+    def _last_hidden_state(out) -> torch.Tensor:
+        """The hidden states the value head reads: ``[B, L, H]``."""
+        return out.hidden_states[-1]
 
     def generate(self, *args, **kwargs):
         """The wrapped model's ``generate`` (its LM head fed contiguous rows: ``contiguous_head_inputs``)."""
@@ -256,17 +261,10 @@ class AutoModelForSeq2SeqLMWithValueHead(AutoModelForCausalLMWithValueHead):
         super().__init__(pretrained_model, **kwargs)
         self.is_encoder_decoder = True
 
-    def forward(self, input_ids=None, past_key_values=None, attention_mask=None, return_past_key_values=False,
-                **kwargs):
-        """``(lm_logits, loss, value)``: decoder logits upcast to float32, ``value`` ``[B, L_dec]``."""
-        kwargs["output_hidden_states"] = True
-        if past_key_values is not None:
-            kwargs["past_key_values"] = past_key_values
-        out = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        value = self.v_head(out.decoder_hidden_states[-1])
-        if return_past_key_values:
-            return out.logits.float(), out.loss, value, out.past_key_values
-        return out.logits.float(), out.loss, value
+    @staticmethod
+    def _last_hidden_state(out) -> torch.Tensor:
+        """The decoder's last hidden states ``[B, L_dec, H]``: ``forward``'s ``value`` is per decoder position."""
+        return out.decoder_hidden_states[-1]
 
 
 def translate_loading_kwargs(kwargs: dict, caller: str = "from_pretrained") -> dict:
