@@ -21,7 +21,12 @@ from typing import Any
 from .models.loading import DTYPES, LoraSettings
 
 
-ALGORITHMS = ("ppo", "grpo", "rloo", "reinforce_pp")
+ALGORITHMS = ("ppo", "grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+GROUP_ALGORITHMS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp_baseline")
+"""Estimators that compare the responses to one prompt (num_generations >= 2)."""
+PER_SEQUENCE_ADVANTAGES = ("grpo", "dr_grpo", "dapo", "rloo")
+"""Estimators that give every token of a response the same advantage (what sequence-level GSPO needs)."""
+POLICY_LOSSES = ("ppo", "gspo", "gspo_token", "cispo")
 PROMPT_OVERFLOW = ("truncate_left", "drop", "error")
 
 
@@ -38,12 +43,16 @@ class PPOConfig:
     seed: int = 0
     """Seed for sampling, shuffling and initialisation."""
     algorithm: str = "ppo"
-    """Advantage estimator: ppo (critic + GAE) | grpo (group mean/std) | rloo (leave-one-out mean) |
-    reinforce_pp (REINFORCE++: KL-shaped returns, batch whitening). Only ppo loads a critic."""
+    """Advantage estimator: ppo (critic + GAE) | grpo (group mean/std) | dr_grpo (Dr. GRPO: group mean
+    only, loss normalised by a constant length) | dapo (DAPO: grpo's advantage with clip-higher,
+    token-level loss and dynamic sampling) | rloo (leave-one-out mean) | reinforce_pp (REINFORCE++:
+    KL-shaped returns, batch whitening) | reinforce_pp_baseline (REINFORCE++-baseline: group mean
+    subtracted first). Only ppo loads a critic. docs/algorithms.md has each one's formula."""
     num_generations: int = 1
-    """Responses sampled per prompt; rows of a batch come in groups of this size (grpo/rloo: >= 2)."""
+    """Responses sampled per prompt; rows of a batch come in groups of this size (group estimators:
+    grpo, dr_grpo, dapo, rloo, reinforce_pp_baseline need >= 2)."""
     grpo_scale_rewards: bool = True
-    """GRPO: divide by the group's reward std; false = Dr. GRPO (mean-centred only)."""
+    """grpo: divide by the group's reward std; false = mean-centred only (dr_grpo never scales)."""
 
     # --- batch geometry ---
     batch_size: int = 16
@@ -107,6 +116,22 @@ class PPOConfig:
     # --- reward shaping ---
     missing_eos_score: float | None = None
     """Score given instead of the reward to responses that hit max_new_tokens without EOS (TL;DR: -1)."""
+    overlong_buffer: int | None = None
+    """DAPO's soft overlong punishment: the last this many tokens before max_new_tokens add a penalty
+    to the score, from 0 at max_new_tokens - overlong_buffer to -overlong_penalty at max_new_tokens
+    (DAPO: 4096 of 20480). null: off."""
+    overlong_penalty: float = 1.0
+    """The largest soft overlong punishment (at max_new_tokens), in score units."""
+    overlong_filter: bool = False
+    """Leave responses that hit max_new_tokens without EOS out of the loss (DAPO's overlong filtering,
+    TRL's mask_truncated_completions): their truncation is not a fault of their tokens."""
+    dynamic_sampling: bool | None = None
+    """Keep only groups whose scores are not all equal (they carry no gradient) and draw more prompts
+    until the batch is full of them (DAPO's dynamic sampling; train() only: step() leaves such groups out
+    of the loss). Needs num_generations >= 2. null: on for dapo, off otherwise."""
+    max_sampling_rounds: int = 8
+    """Dynamic sampling: batches of prompts drawn at most per iteration; if the batch is still not full,
+    the iteration trains on the informative groups it has (the rest left out of the loss) and warns."""
     whiten_scores: bool = False
     """Whiten the scores over the batch before they enter the per-token reward. Turn it on for rewards
     far from zero such as the seed's len(r) (the first batch warns when the scores look like that)."""
@@ -132,7 +157,9 @@ class PPOConfig:
     kl_loss_coef: float = 0.0
     """Weight of a KL-to-reference term added to the loss (0 = off)."""
     kl_loss_estimator: str = "k3"
-    """Estimator of the KL loss terms (kl_loss_coef, and grpo's β·KL): k1 | k2 | k3 (k3: unbiased, ≥ 0)."""
+    """Estimator of the KL loss terms (kl_loss_coef, and the β·KL of grpo, dr_grpo and dapo): k1 | k2 |
+    k3 | abs, or k1+ | k3+ | abs+ (the value of k1/k3/abs with the gradient of k2, a straight-through
+    estimator whose gradient is that of KL(π‖π_ref); k3's own gradient is that of KL(π_ref‖π))."""
 
     # --- advantages ---
     gamma: float = 1.0
@@ -146,18 +173,29 @@ class PPOConfig:
     """When whitening advantages, also subtract their mean."""
 
     # --- losses ---
+    policy_loss: str = "ppo"
+    """ppo (clipped token ratios) | gspo (sequence-level ratio, clipped per response) | gspo_token (the
+    sequence ratio with per-token advantages) | cispo (REINFORCE weighted by a clipped, detached token
+    ratio: no token loses its gradient). docs/algorithms.md has each one's formula."""
     cliprange: float = 0.2
-    """ε of the clipped policy objective."""
+    """ε of the clipped policy objective (ε_low when cliprange_high is set)."""
+    cliprange_high: float | None = None
+    """ε_high, the upper clip of the token ratio, 1 + ε_high ("clip-higher"); cispo: its weight's cap.
+    null: cliprange (dapo: 0.28)."""
+    sequence_cliprange: list[float] = field(default_factory=lambda: [3e-4, 4e-4])
+    """gspo, gspo_token: [ε_low, ε_high] of the sequence ratio (the GSPO paper's 3e-4, 4e-4)."""
     dual_clip: float | None = None
-    """c > 1 caps the loss of negative-advantage tokens at -c·A (dual clip); None = off."""
+    """c > 1 caps the loss of negative-advantage tokens at -c·A (dual clip, policy_loss ppo); None = off."""
     cliprange_value: float | None = 0.2
     """ε_v of the clipped value loss; None = unclipped."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus (subtracted from the loss)."""
-    loss_aggregation: str = "token-mean"
-    """token-mean | seq-mean-token-mean."""
+    loss_aggregation: str | None = None
+    """token-mean (Σ over tokens / the minibatch's token count) | seq-mean-token-mean (each response
+    weighs the same) | seq-mean-token-sum-norm (Σ over tokens / (responses × max_new_tokens), Dr. GRPO).
+    null: seq-mean-token-sum-norm for dr_grpo, seq-mean-token-mean for gspo/gspo_token, else token-mean."""
 
     # --- critic ---
     value_model: str = "head"
@@ -196,6 +234,29 @@ class PPOConfig:
         return self.algorithm == "ppo"
 
     @property
+    def effective_loss_aggregation(self) -> str:
+        """``loss_aggregation``, or the algorithm's own when it is None."""
+        if self.loss_aggregation is not None:
+            return self.loss_aggregation
+        if self.algorithm == "dr_grpo":
+            return "seq-mean-token-sum-norm"
+        if self.policy_loss in ("gspo", "gspo_token"):
+            return "seq-mean-token-mean"
+        return "token-mean"
+
+    @property
+    def effective_cliprange_high(self) -> float:
+        """ε_high: ``cliprange_high``, else 0.28 for dapo, else ``cliprange``."""
+        if self.cliprange_high is not None:
+            return self.cliprange_high
+        return 0.28 if self.algorithm == "dapo" else self.cliprange
+
+    @property
+    def filters_groups(self) -> bool:
+        """Dynamic sampling on: ``dynamic_sampling``, or dapo's default."""
+        return self.algorithm == "dapo" if self.dynamic_sampling is None else self.dynamic_sampling
+
+    @property
     def micro_batch_size(self) -> int:
         """Sequences per forward/backward."""
         return self.mini_batch_size if self.mini_batch_size is not None else min(4, self.batch_size)
@@ -214,7 +275,7 @@ class PPOConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad option."""
-        from .algo import KL_ESTIMATORS, LOSS_AGGREGATIONS
+        from .algo import KL_ESTIMATORS, KL_LOSS_ESTIMATORS, LOSS_AGGREGATIONS
 
         positive = ["batch_size", "ppo_epochs", "max_new_tokens", "max_prompt_length", "kl_horizon"]
         for name in positive:
@@ -236,8 +297,9 @@ class PPOConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         choices = {
             "kl_estimator": KL_ESTIMATORS,
-            "kl_loss_estimator": KL_ESTIMATORS,
-            "loss_aggregation": LOSS_AGGREGATIONS,
+            "kl_loss_estimator": KL_LOSS_ESTIMATORS,
+            "loss_aggregation": (None,) + LOSS_AGGREGATIONS,
+            "policy_loss": POLICY_LOSSES,
             "lr_scheduler": ("constant", "linear", "cosine"),
             "value_model": ("separate", "head"),
             "critic_init": ("policy", "reward_model"),
@@ -251,13 +313,38 @@ class PPOConfig:
         if self.num_generations < 1 or self.batch_size % self.num_generations:
             raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of num_generations "
                               f"({self.num_generations}): rows come in groups of responses to one prompt")
-        if self.algorithm in ("grpo", "rloo") and self.num_generations < 2:
+        if self.algorithm in GROUP_ALGORITHMS and self.num_generations < 2:
             raise ConfigError(f"algorithm={self.algorithm} compares responses to the same prompt: set "
                               f"num_generations >= 2 (got {self.num_generations})")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError(f"dual_clip must be > 1 (or null), got {self.dual_clip}")
+        if self.dual_clip is not None and self.policy_loss != "ppo":
+            raise ConfigError(f"dual_clip caps the clipped token objective of policy_loss=ppo; policy_loss="
+                              f"{self.policy_loss} has none to cap: set dual_clip to null")
         if self.cliprange <= 0:
             raise ConfigError(f"cliprange must be > 0, got {self.cliprange}")
+        if self.cliprange_high is not None and self.cliprange_high <= 0:
+            raise ConfigError(f"cliprange_high must be > 0 (or null), got {self.cliprange_high}")
+        if (len(self.sequence_cliprange) != 2 or not 0 < self.sequence_cliprange[0] < 1
+                or self.sequence_cliprange[1] <= 0):
+            raise ConfigError(f"sequence_cliprange must be [ε_low, ε_high] with 0 < ε_low < 1 and ε_high > 0, "
+                              f"got {self.sequence_cliprange}")
+        if self.policy_loss == "gspo" and self.algorithm not in PER_SEQUENCE_ADVANTAGES:
+            raise ConfigError(f"policy_loss=gspo clips one ratio per response and needs one advantage per "
+                              f"response; algorithm={self.algorithm} gives per-token advantages: use "
+                              f"policy_loss=gspo_token, or one of {list(PER_SEQUENCE_ADVANTAGES)}")
+        if self.effective_loss_aggregation == "seq-mean-token-sum-norm" and self.max_new_tokens < 1:
+            raise ConfigError("loss_aggregation seq-mean-token-sum-norm divides by max_new_tokens (≥ 1)")
+        if self.filters_groups and self.num_generations < 2:
+            raise ConfigError(f"dynamic_sampling keeps the groups of responses to one prompt whose scores differ: "
+                              f"set num_generations >= 2 (got {self.num_generations}), or dynamic_sampling: false")
+        if self.max_sampling_rounds < 1:
+            raise ConfigError(f"max_sampling_rounds must be ≥ 1, got {self.max_sampling_rounds}")
+        if self.overlong_buffer is not None and not 1 <= self.overlong_buffer <= self.max_new_tokens:
+            raise ConfigError(f"overlong_buffer must be between 1 and max_new_tokens ({self.max_new_tokens}) "
+                              f"tokens (or null), got {self.overlong_buffer}")
+        if self.overlong_penalty < 0:
+            raise ConfigError(f"overlong_penalty must be ≥ 0, got {self.overlong_penalty}")
         if self.max_bad_steps < 0:
             raise ConfigError(f"max_bad_steps must be ≥ 0, got {self.max_bad_steps}")
         if self.critic_init != "policy" and self.value_model != "separate":

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from tether.algo import discounted_returns, grpo_advantages, rloo_advantages
+from tether.algo import (
+    discounted_returns,
+    gae,
+    group_mean_baseline,
+    grpo_advantages,
+    informative_groups,
+    overlong_penalty,
+    rloo_advantages,
+)
 
 
 def test_grpo_hand_computed_group():
@@ -51,3 +59,52 @@ def test_discounted_returns_hand_computed():
     # row 0: G2 = 2, G1 = 0 + 0.5·2 = 1, G0 = 1 + 0.5·1 = 1.5; the masked 9 is ignored
     assert got.tolist() == [[1.5, 1.0, 2.0, 0.0], [1.0, 1.0, 0.0, 0.0]]
     assert discounted_returns(rewards, mask, gamma=1.0)[0].tolist() == [3.0, 2.0, 2.0, 0.0]
+
+
+@pytest.mark.parametrize("value,k", [(3.3, 7), (100.1, 8), (0.3, 6)])
+@pytest.mark.parametrize("fn", [grpo_advantages, group_mean_baseline, rloo_advantages])
+def test_a_group_of_equal_rewards_gets_exactly_zero(fn, value, k):
+    # float32 group statistics of these groups are off by an ulp: (r − mean)/(std + 1e-4) gave up to 0.07
+    scores = torch.cat([torch.full((k,), value), torch.arange(k, dtype=torch.float32)])
+    adv = fn(scores, k)
+    assert adv[:k].tolist() == [0.0] * k
+    assert adv.dtype == torch.float32 and adv[k:].abs().sum() > 0
+
+
+def test_group_mean_baseline_hand_computed():
+    assert group_mean_baseline(torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 6.0]), 2).tolist() == [-1, 1, 0, 0, -3, 3]
+
+
+def test_informative_groups_are_those_whose_scores_differ():
+    scores = torch.tensor([1.0, 1.0, 1.0, 2.0, 0.0, 0.0, 0.5, -0.5])
+    assert informative_groups(scores, 2).tolist() == [False, True, False, True]
+
+
+def test_discounted_returns_skip_masked_holes_like_gae():
+    # a hole at t = 1 (a tool's output inside the response): no reward and no discount step there
+    rewards = torch.tensor([[1.0, 5.0, 2.0, 3.0]])
+    mask = torch.tensor([[True, False, True, True]])
+    got = discounted_returns(rewards, mask, gamma=0.5)
+    # G3 = 3, G2 = 2 + 0.5·3 = 3.5, G0 = 1 + 0.5·3.5 = 2.75 (discounting through the hole gave 1.875)
+    assert got.tolist() == [[2.75, 0.0, 3.5, 3.0]]
+    advantages, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=0.5, lam=1.0)
+    assert advantages.tolist() == got.tolist()
+
+
+def test_discounted_returns_agree_with_gae_on_random_ragged_masks_with_holes():
+    torch.manual_seed(0)
+    rewards = torch.randn(8, 12, dtype=torch.float64)
+    mask = torch.rand(8, 12) > 0.3
+    mask[:, 0] = True
+    for gamma in (1.0, 0.9):
+        advantages, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=gamma, lam=1.0)
+        torch.testing.assert_close(discounted_returns(rewards, mask, gamma), advantages, rtol=0, atol=1e-12)
+
+
+def test_soft_overlong_punishment_hand_computed():
+    # L_max = 20, L_cache = 5: 0 up to 15 tokens, then −(L − 15)/5, −1 at 20
+    lengths = torch.tensor([10, 15, 16, 18, 20])
+    assert overlong_penalty(lengths, 20, 5).tolist() == pytest.approx([0.0, 0.0, -0.2, -0.6, -1.0])
+    assert overlong_penalty(lengths, 20, 5, factor=0.5).tolist() == pytest.approx([0.0, 0.0, -0.1, -0.3, -0.5])
+    with pytest.raises(ValueError, match="overlong buffer"):
+        overlong_penalty(lengths, 20, 21)

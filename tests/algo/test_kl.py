@@ -62,3 +62,20 @@ def test_abs_estimator_is_the_absolute_log_ratio():
 
     lp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
     assert kl_penalty(lp, ref, "abs").tolist() == [[0.5, 1.0]]  # TRL's kl_penalty="abs"
+
+
+@pytest.mark.parametrize("base", ["k1", "k3", "abs"])
+def test_straight_through_estimators_take_the_value_of_theirs_and_the_gradient_of_k2(base):
+    logp = torch.tensor([0.3, -1.2], requires_grad=True)
+    ref = torch.tensor([-0.2, -1.0])
+    value = kl_penalty(logp, ref, base + "+")
+    torch.testing.assert_close(value, kl_penalty(logp.detach(), ref, base), rtol=0, atol=0)
+    value.sum().backward()
+    # ∇k2 = (log π − log π_ref)·∇log π: 0.5 and −0.2
+    assert logp.grad.tolist() == pytest.approx([0.5, -0.2])
+
+
+def test_k3_plus_hand_computed():
+    logp, ref = torch.tensor([0.3]), torch.tensor([-0.2])
+    # log ρ = −0.5: k3 = e^−0.5 − 1 + 0.5
+    assert kl_penalty(logp, ref, "k3+").item() == pytest.approx(math.exp(-0.5) - 0.5, abs=1e-7)

@@ -9,7 +9,6 @@ import torch
 from tether import PPOConfig, PPOTrainer
 from tether.rewards import RewardError
 from tether.tracking import latest_checkpoint
-from tether.train import ppo as ppo_module
 from tether.train.faults import NumericalError
 
 PROMPTS = ["hello there", "abc", "what is up", "zz top"]
@@ -25,22 +24,22 @@ def make_trainer(model, tokenizer, **overrides):
 @pytest.fixture
 def nan_loss_on(monkeypatch):
     """Make the policy loss NaN on the given (1-based) calls."""
-    def install(calls):
-        real, count = ppo_module.ppo_policy_loss, [0]
+    def install(trainer, calls):
+        real, count = trainer.ppo.policy_loss, [0]
 
         def loss(*args, **kwargs):
             count[0] += 1
             value, stats = real(*args, **kwargs)
             return (value * float("nan") if count[0] in calls else value), stats
 
-        monkeypatch.setattr(ppo_module, "ppo_policy_loss", loss)
+        monkeypatch.setattr(trainer.ppo, "policy_loss", loss)
     return install
 
 
 def test_a_nan_loss_skips_the_optimiser_step_and_is_counted(model, tokenizer, nan_loss_on, caplog):
     trainer = make_trainer(model, tokenizer)
     before = [p.detach().clone() for p in trainer.policy.parameters()]
-    nan_loss_on({1})
+    nan_loss_on(trainer, {1})
     responses = trainer.generate(PROMPTS)
     stats = trainer.step(PROMPTS, responses, [1.0, 2.0, 3.0, 4.0])
     assert stats["faults/skipped_steps"] == 1.0 and "loss/policy" not in stats
@@ -55,7 +54,7 @@ def test_a_nan_loss_skips_the_optimiser_step_and_is_counted(model, tokenizer, na
 def test_too_many_bad_steps_in_a_row_stop_with_a_checkpoint_of_finite_weights(model, tokenizer, nan_loss_on,
                                                                                tmp_path):
     trainer = make_trainer(model, tokenizer)
-    nan_loss_on({2, 3, 4})  # iteration 1 fine, then three bad steps > max_bad_steps=2
+    nan_loss_on(trainer, {2, 3, 4})  # iteration 1 fine, then three bad steps > max_bad_steps=2
     with pytest.raises(NumericalError, match="3 bad steps in a row") as info:
         trainer.train(PROMPTS * 5, output_dir=tmp_path, progress=False)
     assert "checkpoint of the last complete iteration" in str(info.value)

@@ -7,7 +7,8 @@ Estimation"; [H24] Huang et al. 2024, "The N+ Implementation Details of RLHF wit
 [DRG] Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective" (Dr. GRPO);
 [RLOO] Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning
 from Human Feedback in LLMs"; [R++] Hu 2025, "REINFORCE++: A Simple and Efficient Approach for
-Aligning Large Language Models".
+Aligning Large Language Models" (v2 adds REINFORCE++-baseline); [DAPO] Yu et al. 2025, "DAPO: An
+Open-Source LLM Reinforcement Learning System at Scale".
 """
 
 from __future__ import annotations
@@ -79,11 +80,21 @@ def gae(
 
 
 def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``scores`` ``[B]`` as float64 ``[B / group_size, group_size]``: group statistics in float64, so
+    that a group of equal rewards has a mean equal to each of them and a std of exactly 0."""
     if scores.dim() != 1:
         raise ValueError(f"scores must be [B], got shape {tuple(scores.shape)}")
     if group_size < 1 or scores.shape[0] % group_size:
         raise ValueError(f"batch of {scores.shape[0]} responses is not a whole number of groups of {group_size}")
-    return scores.float().view(-1, group_size)
+    return scores.double().view(-1, group_size)
+
+
+def _centred(g: torch.Tensor) -> torch.Tensor:
+    """``g − mean(g)`` per row of ``g`` ``[G, k]`` (float64); exactly 0 in a row of equal values
+    (float64's mean of k equal numbers can differ from them in the last bit: forced to 0)."""
+    centred = g - g.mean(dim=1, keepdim=True)
+    equal = (g == g[:, :1]).all(dim=1, keepdim=True)
+    return torch.where(equal, torch.zeros_like(centred), centred)
 
 
 def grpo_advantages(scores: torch.Tensor, group_size: int, scale_by_std: bool = True,
@@ -92,15 +103,33 @@ def grpo_advantages(scores: torch.Tensor, group_size: int, scale_by_std: bool = 
 
     scores: ``[B]`` with ``B = groups × group_size`` (consecutive rows share a prompt); std is the
     unbiased sample std of the group. ``scale_by_std=False`` gives Dr. GRPO's ``r_i − mean_g r``
-    [DRG], which does not up-weight groups whose rewards barely differ. Returns ``[B]``; a group of
-    equal rewards gets advantage 0 for every member (it carries no learning signal).
+    [DRG], which does not up-weight groups whose rewards barely differ. Returns ``[B]`` float32
+    (statistics in float64); a group of equal rewards gets advantage exactly 0 for every member (it
+    carries no learning signal).
     """
     g = _groups(scores, group_size)
-    centred = g - g.mean(dim=1, keepdim=True)
+    centred = _centred(g)
     if scale_by_std:
         std = g.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred)
         centred = centred / (std + eps)
-    return centred.reshape(-1)
+    return centred.reshape(-1).float()
+
+
+def group_mean_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``r_i − mean_g r``: the score minus the mean of its prompt's group (REINFORCE++-baseline [R++],
+    Dr. GRPO's advantage [DRG]). scores: ``[B]``; returns ``[B]`` float32, exactly 0 for a group of
+    equal rewards."""
+    return _centred(_groups(scores, group_size)).reshape(-1).float()
+
+
+def informative_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``[B / group_size]`` bool: True for the groups whose scores are not all equal.
+
+    A group of equal rewards gets advantage 0 from every group-relative estimator and so carries no
+    gradient; DAPO's dynamic sampling [DAPO] keeps only informative groups. scores: ``[B]``.
+    """
+    g = _groups(scores, group_size)
+    return ~(g == g[:, :1]).all(dim=1)
 
 
 def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -113,21 +142,40 @@ def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     if group_size < 2:
         raise ValueError("RLOO needs at least 2 responses per prompt (num_generations >= 2)")
     g = _groups(scores, group_size)
-    baseline = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)
-    return (g - baseline).reshape(-1)
+    centred = _centred(g)  # r_i − baseline_i = k/(k−1)·(r_i − mean), exactly 0 in an equal group
+    return (centred * (group_size / (group_size - 1))).reshape(-1).float()
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """Reward-to-go ``G_t = Σ_{s ≥ t} γ^{s−t} r_s`` within each response (0 where masked).
+    """Reward-to-go ``G_t = Σ_{s ≥ t, valid} γ^{n(t, s)} r_s`` within each response (0 where masked),
+    where ``n(t, s)`` counts the valid tokens after ``t`` up to ``s``.
 
     REINFORCE++ [R++] uses ``G_t`` of the per-token RLHF reward (``token_rewards``) as the
     advantage, whitened over all valid tokens of the global batch, with no critic.
-    rewards: ``[B, T]``; mask: ``[B, T]`` bool. Returns ``[B, T]``.
+    rewards: ``[B, T]``; mask: ``[B, T]`` bool. Returns ``[B, T]``. Masked positions inside a response
+    (``response_masks`` holes, such as a tool's output) are skipped as ``gae`` skips them: they add no
+    reward and no discount step, so ``gae(r, V=0, γ, λ=1)`` and this agree on every valid token.
     """
     rewards = torch.where(mask, rewards, torch.zeros_like(rewards))
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
-        returns[:, t] = torch.where(mask[:, t], running, torch.zeros_like(running))
+        valid = mask[:, t]
+        running = torch.where(valid, rewards[:, t] + gamma * running, running)
+        returns[:, t] = torch.where(valid, running, torch.zeros_like(running))
     return returns
+
+
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment [DAPO, eq. 13], added to the score of each response.
+
+    ``0`` for ``L ≤ L_max − L_cache``; ``((L_max − L_cache) − L) / L_cache`` (linear from 0 to −1) for
+    ``L_max − L_cache < L ≤ L_max``; ``−1`` beyond; all times ``factor``. lengths: ``[B]`` response
+    lengths in tokens; max_length: ``L_max`` (the longest response, ``max_new_tokens``); buffer:
+    ``L_cache`` tokens (``1 ≤ buffer ≤ max_length``). Returns ``[B]`` float32, ≤ 0.
+    """
+    if not 1 <= buffer <= max_length:
+        raise ValueError(f"overlong buffer must be in [1, {max_length}] tokens, got {buffer}")
+    start = max_length - buffer
+    over = (lengths.float() - start) / buffer
+    return -factor * over.clamp(min=0.0, max=1.0)

@@ -54,6 +54,13 @@ class Rollout:
             raise ValueError(f"sample_logprobs {tuple(self.sample_logprobs.shape)} != response_mask "
                              f"{tuple(self.response_mask.shape)}")
 
+    def select(self, index: torch.Tensor) -> Rollout:
+        """The rows ``index`` (``[b]`` long) of every per-row field."""
+        optional = {name: getattr(self, name)[index] if getattr(self, name) is not None else None
+                    for name in ("loss_mask", "sample_logprobs")}
+        return Rollout(self.prompt_ids[index], self.prompt_mask[index], self.response_ids[index],
+                       self.response_mask[index], self.ended[index], self.temperature, **optional)
+
     @property
     def action_mask(self) -> torch.Tensor:
         """``[B, T]`` bool: the tokens that carry loss, KL and value (``loss_mask`` or ``response_mask``)."""
@@ -68,6 +75,41 @@ class Rollout:
     def attention_mask(self) -> torch.Tensor:
         """``[B, P + T]`` long mask: real prompt tokens and valid response tokens."""
         return torch.cat([self.prompt_mask, self.response_mask], dim=1).long()
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
+    """The rows of several rollouts in order, as one: prompts left-padded and responses right-padded
+    (with ``pad_id``, masks False) to the longest of each. All must share a temperature and carry the
+    same optional fields."""
+    if not rollouts:
+        raise ValueError("concat_rollouts: nothing to concatenate")
+    temperatures = {r.temperature for r in rollouts}
+    if len(temperatures) > 1:
+        raise ValueError(f"concat_rollouts: rollouts sampled at different temperatures {sorted(temperatures)}")
+    P = max(r.prompt_ids.shape[1] for r in rollouts)
+    T = max(r.response_ids.shape[1] for r in rollouts)
+
+    def left(x, width, value):
+        return torch.nn.functional.pad(x, (width - x.shape[1], 0), value=value)
+
+    def right(x, width, value):
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+    optional = {}
+    for name in ("loss_mask", "sample_logprobs"):
+        present = [getattr(r, name) is not None for r in rollouts]
+        if any(present) and not all(present):
+            raise ValueError(f"concat_rollouts: {name} is set on some rollouts and not others")
+        optional[name] = torch.cat([right(getattr(r, name), T, 0) for r in rollouts]) if all(present) else None
+    return Rollout(
+        prompt_ids=torch.cat([left(r.prompt_ids, P, pad_id) for r in rollouts]),
+        prompt_mask=torch.cat([left(r.prompt_mask, P, False) for r in rollouts]),
+        response_ids=torch.cat([right(r.response_ids, T, pad_id) for r in rollouts]),
+        response_mask=torch.cat([right(r.response_mask, T, False) for r in rollouts]),
+        ended=torch.cat([r.ended for r in rollouts]),
+        temperature=rollouts[0].temperature,
+        **optional,
+    )
 
 
 @dataclass

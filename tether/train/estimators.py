@@ -1,28 +1,37 @@
-"""From scores and per-token KL to advantages: the one place where the algorithms differ.
+"""From scores and per-token KL to advantages, and the policy loss: the one place where the algorithms differ.
 
-``config.algorithm`` picks the estimator; rollout, reward, KL and the clipped update are shared.
+``config.algorithm`` picks the estimator, ``config.policy_loss`` the loss; rollout, reward, KL and the
+update loop are shared.
 
 * ppo — per-token reward ``−β·kl_t`` + score on the last token, GAE with the critic's values,
   advantages whitened over valid tokens [H24];
-* grpo — group-relative ``(r − mean_g) / std_g`` (or Dr. GRPO's ``r − mean_g``) on the raw score,
-  the same for every token of a response; KL enters the *loss* instead (see ``kl_in_loss``) [GRPO];
+* grpo — group-relative ``(r − mean_g) / std_g`` (or ``r − mean_g``) on the raw score, the same for
+  every token of a response; KL enters the *loss* instead (see ``kl_in_loss``) [GRPO];
+* dr_grpo — ``r − mean_g``, the loss normalised by a constant length [DRG];
+* dapo — grpo's advantage; clip-higher, token-level loss and dynamic sampling are its defaults [DAPO];
 * rloo — score minus ``β·Σ_t kl_t``, leave-one-out baseline over the group [RLOO], scaled by the
   batch std when ``whiten_advantages`` (not shifted, so equal-reward groups stay at 0);
-* reinforce_pp — per-token reward as in PPO, reward-to-go returns, whitened over the batch [R++].
+* reinforce_pp — per-token reward as in PPO, reward-to-go returns, whitened over the batch [R++];
+* reinforce_pp_baseline — the same with the group's mean score subtracted from each score first [R++].
 
-References are listed in ``tether.algo.advantages``.
+References are listed in ``tether.algo.advantages`` and ``tether.algo.losses``.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..algo import (
+    POLICY_LOSSES,
     discounted_returns,
     gae,
+    group_mean_baseline,
     grpo_advantages,
     masked_sum,
     masked_var,
+    overlong_penalty,
     rloo_advantages,
     token_rewards,
     whiten,
@@ -31,8 +40,36 @@ from ..config import PPOConfig
 
 
 def kl_in_loss(config: PPOConfig) -> bool:
-    """GRPO puts β·KL(π‖π_ref) in the loss rather than in the reward."""
-    return config.algorithm == "grpo"
+    """GRPO and its descendants put β·KL(π‖π_ref) in the loss rather than in the reward."""
+    return config.algorithm in ("grpo", "dr_grpo", "dapo")
+
+
+def shape_scores(config: PPOConfig, scores: torch.Tensor, ended: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The scores the estimator sees before batch whitening: ``missing_eos_score`` for truncated
+    responses, plus DAPO's soft overlong punishment. scores, lengths: ``[B]``; ended: ``[B]`` bool."""
+    shaped = scores.float()
+    if config.missing_eos_score is not None:
+        shaped = torch.where(ended, shaped, torch.full_like(shaped, config.missing_eos_score))
+    if config.overlong_buffer is not None:
+        shaped = shaped + overlong_penalty(lengths, config.max_new_tokens, config.overlong_buffer,
+                                           config.overlong_penalty)
+    return shaped
+
+
+def policy_loss_fn(config: PPOConfig):
+    """The configured policy loss with its clip ranges bound; called as
+    ``fn(logprobs, old_logprobs, advantages, mask, aggregation=..., num_tokens=..., num_seqs=...,
+    norm_length=..., is_weights=...) -> (loss, stats)`` (``tether.algo.losses``)."""
+    name = config.policy_loss
+    if name == "ppo":
+        return functools.partial(POLICY_LOSSES[name], cliprange=config.cliprange, dual_clip=config.dual_clip,
+                                 cliprange_high=config.effective_cliprange_high)
+    if name in ("gspo", "gspo_token"):
+        low, high = config.sequence_cliprange
+        return functools.partial(POLICY_LOSSES[name], cliprange=low, cliprange_high=high)
+    if name == "cispo":  # no lower bound on the weight, as MiniMax-M1
+        return functools.partial(POLICY_LOSSES[name], cliprange=None, cliprange_high=config.effective_cliprange_high)
+    raise ValueError(f"unknown policy_loss {name!r}")
 
 
 def estimate_advantages(config: PPOConfig, scores: torch.Tensor, kl: torch.Tensor, values: torch.Tensor,
@@ -49,7 +86,9 @@ def estimate_advantages(config: PPOConfig, scores: torch.Tensor, kl: torch.Tenso
     """
     algo, k = config.algorithm, config.num_generations
     zeros = torch.zeros_like(kl)
-    if algo in ("ppo", "reinforce_pp"):
+    if algo in ("ppo", "reinforce_pp", "reinforce_pp_baseline"):
+        if algo == "reinforce_pp_baseline":
+            scores = group_mean_baseline(scores, k)
         rewards = token_rewards(scores, kl, kl_coef, mask)
         if algo == "ppo" and config.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False, all_reduce=all_reduce)
@@ -60,8 +99,11 @@ def estimate_advantages(config: PPOConfig, scores: torch.Tensor, kl: torch.Tenso
             return advantages, returns, rewards
         advantages = whiten(discounted_returns(rewards, mask, config.gamma), mask, all_reduce=all_reduce)
         return advantages, zeros, rewards
-    if algo == "grpo":
+    if algo in ("grpo", "dapo"):
         per_seq = grpo_advantages(scores, k, scale_by_std=config.grpo_scale_rewards)
+        rewards = token_rewards(scores, zeros, 0.0, mask)
+    elif algo == "dr_grpo":
+        per_seq = group_mean_baseline(scores, k)
         rewards = token_rewards(scores, zeros, 0.0, mask)
     elif algo == "rloo":
         shaped = scores - kl_coef * masked_sum(kl, mask, dim=1)
@@ -76,4 +118,4 @@ def estimate_advantages(config: PPOConfig, scores: torch.Tensor, kl: torch.Tenso
     return advantages, zeros, rewards
 
 
-__all__ = ["estimate_advantages", "kl_in_loss"]
+__all__ = ["estimate_advantages", "kl_in_loss", "policy_loss_fn", "shape_scores"]

@@ -21,8 +21,10 @@ import torch
 
 from ..data.prompts import DataError, limit_prompt_lengths, load_prompts, tokenize_prompts
 from ..rewards.base import NonFiniteRewardError, RewardError, call_reward
-from ..rollout import SamplingParams
+from ..algo import informative_groups
+from ..rollout import Rollout, SamplingParams, concat_rollouts
 from ..tracking import checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints, truncate_jsonl
+from .estimators import shape_scores
 from .faults import NumericalError
 from .persistence import DataPosition, capture_rng, fingerprint
 from .signals import StopRequests, TrainingInterrupted
@@ -76,23 +78,16 @@ def train_on_dataset(trainer, dataset=None, reward_fn: Callable | None = None, e
             if out is not None and trainer.dist.any(stop.requested is not None):  # every rank stops together
                 stop_signal = stop.requested or "SIGTERM"
                 break
-            if position.order is None:
-                order = torch.randperm(len(prompts), generator=trainer.ppo.shuffle_generator).tolist()
-                position = dataclasses.replace(position, order=order)
+            position = _with_order(trainer, position, len(prompts))
             trainer.boundary = (capture_rng(trainer.ppo.shuffle_generator), position)
-            start = position.offset + trainer.dist.rank * bs
-            rows = position.order[start : start + bs]
-            idx = [i for i in rows for _ in range(k)]  # groups of k rows
             try:
-                stats = _train_iteration(trainer, [prompts[i] for i in idx], [token_ids[i] for i in idx],
-                                              reward, params, out)
+                stats, position = _train_iteration(trainer, position, prompts, token_ids, reward, params, out)
             except (RewardError, NumericalError) as err:
                 if out is not None:  # nothing lost: the state of the last complete iteration
                     path = _save_run_checkpoint(trainer, out, keep_checkpoints)
                     err.args = (f"{err.args[0]}\n(checkpoint of the last complete iteration: {path}; "
                                 "continue with resume='latest' / --resume)",)
                 raise
-            position = position.advanced(global_bs, len(prompts))
             trainer.boundary = (capture_rng(trainer.ppo.shuffle_generator), position)
             if stats is not None:
                 history.append(stats)
@@ -116,17 +111,48 @@ def train_on_dataset(trainer, dataset=None, reward_fn: Callable | None = None, e
 
 
 
-def _train_iteration(trainer, prompts: list, token_ids: list[list[int]], reward: Callable,
-                     params: SamplingParams, out: Path | None) -> dict[str, float] | None:
-    """Sample, score and update on one batch; None when non-finite scores skip the iteration."""
+def _with_order(trainer, position: DataPosition, num_prompts: int) -> DataPosition:
+    """``position`` with its epoch's prompt order drawn, if it is not yet (at the start of an epoch)."""
+    if position.order is not None:
+        return position
+    order = torch.randperm(num_prompts, generator=trainer.ppo.shuffle_generator).tolist()
+    return dataclasses.replace(position, order=order)
+
+
+@dataclasses.dataclass
+class _Batch:
+    """One rank's sampled and scored rows (groups of ``num_generations`` consecutive rows)."""
+
+    prompts: list
+    rollout: Rollout
+    completions: list[str]
+    scores: torch.Tensor  # [B] raw scores
+
+    def groups(self, index: list[int], k: int) -> _Batch:
+        rows = [g * k + j for g in index for j in range(k)]
+        return _Batch([self.prompts[i] for i in rows], self.rollout.select(torch.tensor(rows, device=self.scores.device)),
+                      [self.completions[i] for i in rows], self.scores[rows])
+
+
+def _draw(trainer, position: DataPosition, prompts: list, token_ids: list, reward: Callable,
+          params: SamplingParams) -> tuple[_Batch | None, float, float]:
+    """Sample and score this rank's slice of the global batch at ``position``:
+    ``(batch or None when non-finite scores skip it, generation seconds, reward seconds)``."""
+    cfg, k = trainer.config, trainer.config.num_generations
+    bs = cfg.batch_size // k
+    start = position.offset + trainer.dist.rank * bs
+    rows = position.order[start : start + bs]
+    idx = [i for i in rows for _ in range(k)]  # groups of k rows
+    batch_prompts = [prompts[i] for i in idx]
     t0 = time.perf_counter()
-    rollout = trainer._sample(token_ids, params)
+    rollout = trainer._sample([token_ids[i] for i in idx], params)
     t_gen = time.perf_counter() - t0
     completions = trainer._decode(rollout)
     t0 = time.perf_counter()
     failure: RewardError | None = None
+    scores = None
     try:
-        scores = call_reward(reward, prompts, completions).to(trainer.device)
+        scores = call_reward(reward, batch_prompts, completions).to(trainer.device)
     except RewardError as err:
         failure = err
     if trainer.dist.any(failure is not None):  # one rank's bad reward stops or skips every rank
@@ -135,12 +161,88 @@ def _train_iteration(trainer, prompts: list, token_ids: list[list[int]], reward:
         if not isinstance(failure, NonFiniteRewardError):
             raise failure
         trainer.faults.bad(f"iteration {trainer.iteration + 1}: {failure}")
-        return None
-    t_reward = time.perf_counter() - t0
-    stats = trainer.record(trainer.ppo.learn(rollout, scores), generate_seconds=t_gen, reward_seconds=t_reward)
+        return None, t_gen, time.perf_counter() - t0
+    return _Batch(batch_prompts, rollout, completions, scores), t_gen, time.perf_counter() - t0
+
+
+def _train_iteration(trainer, position: DataPosition, prompts: list, token_ids: list[list[int]], reward: Callable,
+                     params: SamplingParams, out: Path | None) -> tuple[dict[str, float] | None, DataPosition]:
+    """Sample, score and update on one batch: ``(stats, the position after it)``; stats are None when
+    non-finite scores skip the iteration. Under dynamic sampling, draws global batches until every rank
+    holds a batch of informative groups (``_fill_informative``)."""
+    cfg = trainer.config
+    global_bs = cfg.batch_size // cfg.num_generations * trainer.dist.world_size
+    if cfg.filters_groups:
+        batch, position, t_gen, t_reward, extra = _fill_informative(trainer, position, prompts, token_ids, reward,
+                                                                    params)
+    else:
+        batch, t_gen, t_reward = _draw(trainer, position, prompts, token_ids, reward, params)
+        position, extra = position.advanced(global_bs, len(prompts)), {}
+    if batch is None:
+        return None, position
+    stats = trainer.ppo.learn(batch.rollout, batch.scores)
+    stats.update(extra)
+    stats = trainer.record(stats, generate_seconds=t_gen, reward_seconds=t_reward)
     if out is not None and trainer.dist.is_main:
-        _log_samples(trainer, out / "samples.jsonl", prompts, completions, scores)
-    return stats
+        _log_samples(trainer, out / "samples.jsonl", batch.prompts, batch.completions, batch.scores)
+    return stats, position
+
+
+def _fill_informative(trainer, position: DataPosition, prompts: list, token_ids: list, reward: Callable,
+                      params: SamplingParams) -> tuple[_Batch | None, DataPosition, float, float, dict]:
+    """DAPO's dynamic sampling [DAPO]: draw global batches (each rank its slice, in data order) and keep
+    the groups whose shaped scores are not all equal, until every rank has ``batch_size`` rows of them
+    or ``max_sampling_rounds`` batches were drawn; then each rank trains on its first informative groups,
+    topped up with uninformative ones (left out of the loss by the learner) if it is short.
+
+    Returns ``(batch, position after the draws, generation s, reward s, stats)``; the batch is None when
+    non-finite scores skip the iteration. Every rank draws the same number of batches, so the data
+    position stays global and a resumed run continues exactly.
+    """
+    cfg, k = trainer.config, trainer.config.num_generations
+    bs = cfg.batch_size // k  # groups per rank
+    global_bs = bs * trainer.dist.world_size
+    informative: list[_Batch] = []
+    spare: list[_Batch] = []
+    have = rounds = 0
+    t_gen = t_reward = 0.0
+    while True:
+        position = _with_order(trainer, position, len(prompts))
+        batch, g, r = _draw(trainer, position, prompts, token_ids, reward, params)
+        t_gen, t_reward, rounds = t_gen + g, t_reward + r, rounds + 1
+        if batch is None:  # non-finite scores: the iteration is skipped (its draws are used up)
+            return None, position.advanced(global_bs, len(prompts)), t_gen, t_reward, {}
+        shaped = shape_scores(cfg, batch.scores, batch.rollout.ended, batch.rollout.response_mask.sum(1))
+        keep = informative_groups(shaped, k).tolist()
+        kept = [g for g, ok in enumerate(keep) if ok]
+        if kept and have < bs:
+            informative.append(batch.groups(kept[: bs - have], k))
+            have += min(len(kept), bs - have)
+        if have < bs:
+            spare.append(batch.groups([g for g, ok in enumerate(keep) if not ok], k))
+        full = have >= bs
+        last = not trainer.dist.any(not full) or rounds >= cfg.max_sampling_rounds
+        position = position.advanced(global_bs, len(prompts), iteration_done=last)
+        if last:
+            break
+    counts = trainer.dist.sum(torch.tensor([float(have), float(bs * rounds)], device=trainer.device)).tolist()
+    if counts[0] < global_bs and trainer.dist.is_main:
+        logger.warning("dynamic sampling: after %d batches (max_sampling_rounds) %d of %d groups have scores that "
+                       "differ; the iteration trains on those (raise max_sampling_rounds, or check the reward: "
+                       "equal scores in a group carry no gradient)", rounds, int(counts[0]), global_bs)
+    parts = informative + [part.groups(list(range(len(part.prompts) // k)), k) for part in spare]
+    rows = _concat_batches(parts, trainer.tokenizer.pad_token_id)
+    chosen = rows.groups(list(range(bs)), k)  # informative groups first, then spare ones to fill the batch
+    stats = {"dynamic_sampling/rounds": float(rounds),
+             "dynamic_sampling/informative_frac": counts[0] / counts[1] if rounds else 0.0}
+    return chosen, position, t_gen, t_reward, stats
+
+
+def _concat_batches(parts: list[_Batch], pad_id: int) -> _Batch:
+    parts = [p for p in parts if p.prompts]
+    return _Batch([x for p in parts for x in p.prompts], concat_rollouts([p.rollout for p in parts], pad_id),
+                  [x for p in parts for x in p.completions], torch.cat([p.scores for p in parts]))
+
 
 def _resume(trainer, resume: str | Path, out: Path | None, expected: DataPosition, global_bs: int) -> DataPosition:
     """Load the checkpoint ``resume`` names; check it was written for these prompts; drop log rows after it."""

@@ -56,15 +56,18 @@ class DataPosition:
     """sha256 of the prompts, so a resume with other data is caught."""
 
     batches: int = 0
-    """Global batches drawn so far in the run (iterations, including skipped ones)."""
+    """Iterations so far in the run, including skipped ones (under dynamic sampling an iteration
+    draws one or more global batches)."""
 
-    def advanced(self, global_batch: int, available: int) -> DataPosition:
+    def advanced(self, global_batch: int, available: int, iteration_done: bool = True) -> DataPosition:
         """The position after one global batch of ``global_batch`` of the ``available`` prompts; a new
-        epoch starts when the next batch would not fit."""
+        epoch starts when the next batch would not fit. ``iteration_done=False``: a draw inside an
+        iteration (dynamic sampling draws several), not counted in ``batches``."""
         offset = self.offset + global_batch
+        batches = self.batches + int(iteration_done)
         if offset + global_batch <= available:
-            return dataclasses.replace(self, offset=offset, batches=self.batches + 1)
-        return dataclasses.replace(self, epoch=self.epoch + 1, offset=0, order=None, batches=self.batches + 1)
+            return dataclasses.replace(self, offset=offset, batches=batches)
+        return dataclasses.replace(self, epoch=self.epoch + 1, offset=0, order=None, batches=batches)
 
 
 def fingerprint(prompts: list[Any]) -> str:

@@ -40,10 +40,10 @@ from ..algo import (
     AdaptiveKLController,
     FixedKLController,
     aggregate,
+    informative_groups,
     kl_penalty,
     logprob_gap,
     masked_sum,
-    ppo_policy_loss,
     truncated_importance_weights,
     value_loss,
     whiten,
@@ -54,7 +54,7 @@ from ..rewards.base import offset_scores_hint
 from ..rollout import Experience, Rollout
 from ..rollout.types import trim_padding_columns
 from .distributed import Distributed
-from .estimators import estimate_advantages, kl_in_loss
+from .estimators import estimate_advantages, kl_in_loss, policy_loss_fn, shape_scores
 from .faults import EngineMismatchError, FaultMonitor
 from .optim import make_scheduler
 from .precision import Precision, checkpointing_active
@@ -94,6 +94,7 @@ class PPOLearner:
         self.iteration = 0
         self.last_experience: Experience | None = None
         self._warned_offset_scores = False
+        self.policy_loss = policy_loss_fn(config)
 
     def learn(self, rollout: Rollout, scores: torch.Tensor) -> dict[str, float]:
         """One iteration on a scored rollout (``scores``: ``[B]`` raw sequence scores); returns its stats."""
@@ -145,9 +146,8 @@ class PPOLearner:
         values = torch.where(mask, torch.cat(values), 0.0)
         entropy = torch.cat(entropy)
 
-        shaped = scores.float()
-        if cfg.missing_eos_score is not None:
-            shaped = torch.where(rollout.ended, shaped, torch.full_like(shaped, cfg.missing_eos_score))
+        shaped = shape_scores(cfg, scores, rollout.ended, rollout.response_mask.sum(1))
+        in_loss = self.rows_in_loss(rollout, shaped)  # [B] bool, before whitening can blur equal scores
         if cfg.whiten_scores:
             shaped = whiten(shaped, torch.ones_like(shaped, dtype=torch.bool), all_reduce=self.dist.sum)
         if cfg.score_clip is not None:
@@ -165,9 +165,24 @@ class PPOLearner:
                                                                   mask.sum().float()])).tolist()
                 stats.update({"rollout/tis_ratio_mean": ratio / max(count, 1.0),
                               "rollout/tis_capped_frac": capped / max(count, 1.0)})
+        if in_loss is not None:
+            kept = self.dist.sum(torch.stack([in_loss.sum().float(), torch.tensor(float(in_loss.numel()), device=in_loss.device)]))
+            stats["loss/rows_in_loss_frac"] = (kept[0] / kept[1]).item()
+            mask = mask & in_loss[:, None]  # rows left out of the loss: no token of theirs counts
         experience = Experience(input_ids, attention_mask, mask, logprobs, ref_logprobs, values, advantages, returns,
                                 temperature=temperature, is_weights=is_weights)
         return experience, stats
+
+    def rows_in_loss(self, rollout: Rollout, shaped: torch.Tensor) -> torch.Tensor | None:
+        """``[B]`` bool, the rows the loss trains on, or None for all: truncated responses are left out
+        under ``overlong_filter``, groups of equal scores (no gradient) under dynamic sampling."""
+        cfg, keep = self.config, None
+        if cfg.overlong_filter:
+            keep = rollout.ended.clone()
+        if cfg.filters_groups:
+            informative = informative_groups(shaped, cfg.num_generations).repeat_interleave(cfg.num_generations)
+            keep = informative if keep is None else keep & informative
+        return keep
 
     def _engine_gap(self, logprobs: torch.Tensor, engine_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
         """``rollout/logprob_diff_mean`` / ``_max`` (nats per token) between the engine that sampled and
@@ -225,6 +240,8 @@ class PPOLearner:
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(batch, generator=self.shuffle_generator).to(experience.input_ids.device)
             for minibatch in order.split(cfg.backward_batch_size):
+                if self.dist.sum(experience.response_mask[minibatch].sum()).item() == 0:
+                    continue  # every row left out of the loss: no gradient, and no Adam step on stale moments
                 self.optimizer.zero_grad(set_to_none=True)
                 sums = self.accumulate_gradients(experience, minibatch)
                 grad_norm = self._clip_gradients()  # of the summed gradients: equal on every process
@@ -274,9 +291,10 @@ class PPOLearner:
         whatever the micro-batch size. Returns summed statistics (floats).
         """
         cfg = self.config
-        local_tokens = experience.response_mask[rows].sum()
-        num_tokens = self.dist.sum(local_tokens).item()  # global count: across processes too
-        num_seqs = rows.numel() * self.dist.world_size
+        local_mask = experience.response_mask[rows]
+        local_tokens = local_mask.sum()
+        # global counts, across processes too; rows left out of the loss count as no sequence
+        num_tokens, num_seqs = self.dist.sum(torch.stack([local_tokens, local_mask.any(1).sum()])).tolist()
         sums = {"loss_policy": 0.0, "loss_value": 0.0, "loss_total": 0.0, "tokens": float(local_tokens.item())}
         micros = rows.split(cfg.micro_batch_size)
         for i, micro in enumerate(micros):
@@ -297,9 +315,10 @@ class PPOLearner:
             critic_out = None
             if self.critic is not None:
                 critic_out = critic_values(self._train_critic, mb.input_ids, mb.attention_mask, T)
-        agg = dict(aggregation=cfg.loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
-        pg_loss, pg_stats = ppo_policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
-                                            cfg.cliprange, cfg.dual_clip, **agg, is_weights=mb.is_weights)
+        agg = dict(aggregation=cfg.effective_loss_aggregation, num_tokens=num_tokens, num_seqs=num_seqs,
+                   norm_length=cfg.max_new_tokens)
+        pg_loss, pg_stats = self.policy_loss(out.logprobs, mb.logprobs, mb.advantages, mb.response_mask,
+                                             **agg, is_weights=mb.is_weights)
         loss = pg_loss
         vf_stats: dict[str, torch.Tensor] = {}
         if self.has_critic:
@@ -309,13 +328,13 @@ class PPOLearner:
             loss = loss + cfg.vf_coef * vf_loss
             sums["loss_value"] += vf_loss.item()
         if cfg.entropy_coef > 0:
-            loss = loss - cfg.entropy_coef * aggregate(out.entropy, mb.response_mask, cfg.loss_aggregation,
-                                                       num_tokens, num_seqs)
+            loss = loss - cfg.entropy_coef * aggregate(out.entropy, mb.response_mask, agg["aggregation"], num_tokens,
+                                                       num_seqs, cfg.max_new_tokens)
         kl_weight = cfg.kl_loss_coef + (self.kl_ctl.value if kl_in_loss(cfg) else 0.0)
         if kl_weight > 0:
             kl = kl_penalty(out.logprobs, mb.ref_logprobs, cfg.kl_loss_estimator)
-            loss = loss + kl_weight * aggregate(kl, mb.response_mask, cfg.loss_aggregation,
-                                                num_tokens, num_seqs)
+            loss = loss + kl_weight * aggregate(kl, mb.response_mask, agg["aggregation"], num_tokens, num_seqs,
+                                                cfg.max_new_tokens)
         # DDP averages gradients over processes; the loss is already normalised by the global
         # count, so the sum is wanted: undo the average
         (loss * self.dist.world_size if self.dist.enabled else loss).backward()

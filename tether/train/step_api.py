@@ -97,6 +97,10 @@ def step(trainer, queries: Sequence[Any], responses: Sequence[Any], scores: Sequ
         for key, message in trl_step_departures(trainer.config, trainer.is_encoder_decoder):
             trainer._warn_once(key, message)
     _check_on_policy(trainer, prompt_ids, response_ids)
+    if trainer.config.filters_groups:
+        trainer._warn_once("dynamic_sampling_step", "dynamic sampling: step() trains on the batch it is given, so "
+                           "groups whose scores are all equal are left out of the loss but not replaced; train() "
+                           "draws more prompts to fill the batch")
     temperature = trainer._sampled.temperature_of(prompt_ids, response_ids, default=trainer.config.temperature)
     masks = None if response_masks is None else [as_id_list(m, "response_masks", i) if not isinstance(m, torch.Tensor)
                                                 else m.long().tolist() for i, m in enumerate(response_masks)]
