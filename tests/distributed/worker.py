@@ -25,6 +25,10 @@ VARIANTS = {
                                                    whiten_scores=True, entropy_coef=0.01),
     "lora+seq-mean": dict(loss_aggregation="seq-mean-token-mean", kl_loss_coef=0.1, value_model="separate"),
     "reinforce_pp": dict(algorithm="reinforce_pp"),
+    # groups of 2 (one per process pair of rows), one group of equal scores left out of the loss on rank 0
+    # only: the sequence count that normalises the loss must be global and count rows in the loss
+    "dapo+gspo_token+filtered": dict(algorithm="dapo", num_generations=2, policy_loss="gspo_token",
+                                     loss_aggregation="seq-mean-token-mean"),
     "trl-value-head-model": dict(),  # a TRL program: AutoModelForCausalLMWithValueHead, TRL's defaults
 }
 
@@ -51,10 +55,13 @@ def run_variant(name: str, dist: Distributed) -> dict:
     trainer.optimizer = torch.optim.SGD([{"params": g["params"]} for g in trainer.optimizer.param_groups], lr=SGD_LR)
     initial = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
     rows = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+    k = config.num_generations
+    queries = [QUERIES[i - i % k] for i in range(GLOBAL_BATCH)]  # groups of k rows share a prompt
+    scores = [SCORES[0]] * 2 + SCORES[2:] if name.startswith("dapo") else SCORES
     stats = []
     for step in range(2):
-        perturbed = [s + step for s in SCORES]
-        stats.append(trainer.step(QUERIES[rows], RESPONSES[rows], perturbed[rows]))
+        perturbed = [s + step for s in scores]
+        stats.append(trainer.step(queries[rows], RESPONSES[rows], perturbed[rows]))
         if step == 0:
             grads = {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
             critic = trainer.critic or trainer.value_head

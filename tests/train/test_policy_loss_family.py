@@ -65,6 +65,17 @@ def test_the_learner_normalises_the_loss_as_each_algorithm_says(model, tokenizer
     assert adv.abs().sum() > 0
 
 
+def test_rows_left_out_of_the_loss_do_not_count_as_responses(model, tokenizer):
+    # seq-mean-token-mean divides by the responses *in the loss*: the truncated one (row 0) is not one
+    trainer = PPOTrainer(config(algorithm="grpo", policy_loss="gspo", ppo_epochs=1, mini_batch_size=4, batch_size=4,
+                                kl_coef=0.0, overlong_filter=True), model, tokenizer)
+    stats = trainer.ppo.learn(_rollout([8, 3, 2, 5], [False, True, True, True]), torch.tensor([1.0, 2.0, 3.0, 5.0]))
+    adv = trainer.ppo.last_experience.advantages[:, 0].double()  # one advantage per response
+    # ratio 1 in the one optimiser step: L_i = −A_i, averaged over the 3 responses in the loss
+    assert stats["loss/policy"] == pytest.approx(-adv[1:].sum().item() / 3, abs=1e-6)
+    assert adv[1:].sum().abs() > 0.1
+
+
 def test_effective_defaults_of_the_named_recipes():
     dapo = PPOConfig(algorithm="dapo", num_generations=2, batch_size=4)
     assert (dapo.effective_cliprange_high, dapo.effective_loss_aggregation, dapo.filters_groups) == (0.28, "token-mean", True)
@@ -149,14 +160,21 @@ def test_train_fills_the_batch_with_informative_groups(model, tokenizer):
 
 
 def test_dynamic_sampling_gives_up_after_max_rounds_and_trains_on_nothing(model, tokenizer, caplog):
+    calls = []
+
+    def reward(prompts, completions):  # informative in the first iteration, constant afterwards
+        calls.append(1)
+        return [float(i % 3) for i in range(len(completions))] if len(calls) == 1 else [1.0] * len(completions)
+
     trainer = PPOTrainer(config(algorithm="dapo", max_sampling_rounds=2, kl_coef=0.0), model, tokenizer,
-                         reward_fn=lambda p, c: [1.0] * len(c))
+                         reward_fn=reward)
+    trainer.train(PROMPTS * 4, max_iterations=1, progress=False)  # Adam now has moments
     before = [p.detach().clone() for p in trainer.policy.parameters()]
     with caplog.at_level(logging.WARNING):
         [stats] = trainer.train(PROMPTS * 4, max_iterations=1, progress=False)
     assert stats["dynamic_sampling/rounds"] == 2 and stats["loss/rows_in_loss_frac"] == 0.0
     assert "after 2 batches (max_sampling_rounds) 0 of 2 groups" in caplog.text
-    # no token in the loss: no optimiser step at all (Adam would otherwise move on stale moments)
+    # no token in the loss: no optimiser step at all (Adam would otherwise move on its stale moments)
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))
 
 

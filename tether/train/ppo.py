@@ -11,6 +11,8 @@
       3. ppo_update: ppo_epochs × shuffled minibatches × accumulation micro-batches of
              L_pg = max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)),   ρ = exp(log π − log π_old)       [PPO]
              L_v  = ½·max((V − R)², (clip(V, V_old ± ε_v) − R)²)                          [H24]
+         (the policy loss is config.policy_loss: this clipped one, with clip-higher ε_high; GSPO's
+         sequence ratio; CISPO's detached clipped weight — tether.algo.losses, chosen in estimators.py)
          plus the entropy and KL-loss terms, each normalised by the minibatch's global valid-token (or
          sequence) count, so the split into micro-batches and processes never changes the gradient;
          one clipped-gradient optimiser step per minibatch
