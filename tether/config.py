@@ -216,6 +216,11 @@ class PPOConfig:
     gradients and AdamW state in fp32, frozen weights (reference, reward model, a LoRA base) in bf16,
     logits upcast before the temperature. auto: bf16-mixed on CUDA GPUs with bf16 and on CPUs with
     AVX512-BF16 or AMX, fp32 elsewhere (bf16 is ~25× slower on AVX2-only CPUs); the choice is logged."""
+    sharding: str = "ddp"
+    """Under torchrun with N processes: ddp (every process holds the whole policy, critic, reference and
+    optimiser state) | fsdp2 (each holds 1/N of every parameter, gradient and AdamW state, and of the
+    reference; a decoder layer is gathered only while it runs: for models whose training state does not
+    fit N times). One process: ignored. docs/scaling.md."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them (policy and critic):
     less memory, ~30 % more compute; the same gradients."""
@@ -306,6 +311,7 @@ class PPOConfig:
             "algorithm": ALGORITHMS,
             "prompt_overflow": PROMPT_OVERFLOW,
             "precision": ("auto", "fp32", "bf16-mixed"),
+            "sharding": ("ddp", "fsdp2"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -38,6 +38,9 @@ def test_two_processes_match_one_on_the_same_global_batch(runs, variant):
         assert s1.keys() == s2.keys()
         for key in s1:
             assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
+    if variant.startswith("fsdp2"):  # the 2-process run really was sharded, and tied weights stayed one
+        assert two["layout"]["sharded"] and not one["layout"]["sharded"]
+        assert two["layout"]["tied"] == one["layout"]["tied"] == ("tied" in variant)
     assert one["grads"].keys() == two["grads"].keys() and one["grads"]
     for name in one["grads"]:
         torch.testing.assert_close(two["grads"][name], one["grads"][name], rtol=1e-4, atol=1e-6, msg=name)
@@ -75,6 +78,79 @@ def test_only_rank_0_writes_and_a_2_process_checkpoint_resumes_in_1(runs, tokeni
                             progress=False)
     # 2 processes x 2 prompts used 8 prompts in 2 iterations; 1 process continues at prompt 8
     assert trainer.iteration == 4 and len(history) == 2
+
+
+def _sharded_trainer(tokenizer):
+    from tether import PPOConfig, PPOTrainer
+    from tests.distributed.worker import SHARDED_TRAIN, length_reward
+    from tiny import tiny_llama
+
+    return PPOTrainer(PPOConfig(**SHARDED_TRAIN), tiny_llama(tokenizer, tie_word_embeddings=True), tokenizer,
+                      reward_fn=length_reward)
+
+
+def test_a_sharded_run_stopped_and_resumed_matches_an_uninterrupted_one(runs):
+    out, _, _ = runs
+
+    def rows(run):
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "memory/"))}
+                for line in (out / "sharded" / run / "metrics.jsonl").read_text().splitlines()]
+
+    full, resumed = rows("full"), rows("resumed")
+    assert [r["step"] for r in full] == [1, 2, 3, 4]
+    assert resumed == full  # bit for bit: weights and optimiser shards, RNG streams, data position
+    assert (out / "sharded" / "full" / "checkpoints" / "step-000004" / "sharded" / ".metadata").exists()
+
+
+def test_a_sharded_checkpoint_loads_in_one_process_with_its_optimiser_state(runs, tokenizer):
+    from safetensors.torch import load_file
+
+    from tether.train.persistence import trained_modules
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    out, _, _ = runs
+    step = out / "sharded" / "resumed" / "checkpoints" / "step-000002"
+    trainer = _sharded_trainer(tokenizer)
+    trainer.load_checkpoint(step)  # one process: DCP reshards the 2 processes' shards into whole tensors
+    # the weights are those of the gathered Hugging Face export written with the checkpoint
+    exported = load_file(step / "model.safetensors")
+    own = trainer.policy.state_dict()
+    assert exported and all(torch.equal(own[k], v) for k, v in exported.items())
+    assert trainer.policy.lm_head.weight is trainer.policy.model.embed_tokens.weight  # still tied
+    # the optimiser state equals the 2 processes' state gathered there
+    probe = torch.load(out / "sharded" / "sharded-probe.pt", weights_only=False)
+    mine = get_optimizer_state_dict(trained_modules(trainer.ppo), trainer.optimizer)
+    theirs = probe["optim"]
+    assert mine["state"].keys() == theirs["state"].keys() and mine["state"]
+    for name, state in theirs["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(mine["state"][name][key], state[key], rtol=0, atol=0, msg=f"{name}.{key}")
+
+
+def test_the_final_export_of_a_sharded_run_loads_with_from_pretrained(runs, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    out, _, _ = runs
+    final = out / "sharded" / "full" / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]  # not FSDP's class name
+    model = AutoModelForCausalLM.from_pretrained(final)
+    trainer = _sharded_trainer(tokenizer)
+    trainer.load_checkpoint(out / "sharded" / "full" / "checkpoints" / "step-000004")
+    for name, value in trainer.policy.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    critic = (final / "critic" / "config.json")
+    assert json.loads(critic.read_text())["architectures"][0].startswith("Llama")
+
+
+def test_greedy_generation_from_a_sharded_policy_equals_one_process(runs, tokenizer):
+    from tests.distributed.worker import QUERIES
+
+    out, _, _ = runs
+    probe = torch.load(out / "sharded" / "sharded-probe.pt", weights_only=False)
+    trainer = _sharded_trainer(tokenizer)
+    trainer.load_checkpoint(out / "sharded" / "resumed" / "checkpoints" / "step-000002")
+    assert trainer.generate(QUERIES, do_sample=False, max_new_tokens=6) == probe["greedy"]
 
 
 def test_torchrun_runs_the_ppo_command(tmp_path, model, tokenizer):

@@ -30,13 +30,27 @@ VARIANTS = {
     "dapo+gspo_token+filtered": dict(algorithm="dapo", num_generations=2, policy_loss="gspo_token",
                                      loss_aggregation="seq-mean-token-mean"),
     "trl-value-head-model": dict(),  # a TRL program: AutoModelForCausalLMWithValueHead, TRL's defaults
+    # FSDP2: every trained model sharded across the 2 processes (1 process: unsharded, the reference)
+    "fsdp2+separate-critic": dict(sharding="fsdp2", value_model="separate", entropy_coef=0.01),
+    "fsdp2+value-head+adaptive-kl": dict(sharding="fsdp2", value_model="head", adaptive_kl=True, kl_target=0.01),
+    "fsdp2+lora+seq-mean": dict(sharding="fsdp2", loss_aggregation="seq-mean-token-mean", kl_loss_coef=0.1,
+                                value_model="separate"),
+    "fsdp2+reinforce_pp": dict(sharding="fsdp2", algorithm="reinforce_pp"),
+    "fsdp2+tied-embeddings": dict(sharding="fsdp2", value_model="head"),
 }
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) parameter or gradient as the whole tensor; a plain one as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def run_variant(name: str, dist: Distributed) -> dict:
     tokenizer = tiny_tokenizer()
-    model = tiny_llama(tokenizer)
-    if name.startswith("lora"):
+    model = tiny_llama(tokenizer, tie_word_embeddings="tied" in name)
+    if "lora" in name:
         model = apply_lora(model, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     if name.startswith("trl"):
         from tether import AutoModelForCausalLMWithValueHead
@@ -53,7 +67,7 @@ def run_variant(name: str, dist: Distributed) -> dict:
     # gradients do. AdamW divides by sqrt(v): on near-zero gradients it turns float noise (which
     # differs between 1 and 2 processes, and between AVX2 and AVX-512 kernels) into full-size steps.
     trainer.optimizer = torch.optim.SGD([{"params": g["params"]} for g in trainer.optimizer.param_groups], lr=SGD_LR)
-    initial = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    initial = {n: full(p.detach()).clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
     rows = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
     k = config.num_generations
     queries = [QUERIES[i - i % k] for i in range(GLOBAL_BATCH)]  # groups of k rows share a prompt
@@ -63,13 +77,18 @@ def run_variant(name: str, dist: Distributed) -> dict:
         perturbed = [s + step for s in scores]
         stats.append(trainer.step(queries[rows], RESPONSES[rows], perturbed[rows]))
         if step == 0:
-            grads = {n: p.grad.clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
+            grads = {n: full(p.grad).clone() for n, p in trainer.policy.named_parameters() if p.grad is not None}
             critic = trainer.critic or trainer.value_head
             if critic is not None:
-                grads.update({f"critic.{n}": p.grad.clone() for n, p in critic.named_parameters()})
-    params = {n: p.detach().clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
+                grads.update({f"critic.{n}": full(p.grad).clone() for n, p in critic.named_parameters()})
+    params = {n: full(p.detach()).clone() for n, p in trainer.policy.named_parameters() if p.requires_grad}
     per_process = ("time/", "memory/")  # timings and memory differ between processes by nature
-    return {"stats": [{k: v for k, v in s.items() if not k.startswith(per_process) and isinstance(v, float)}
+    from torch.distributed.tensor import DTensor
+
+    policy = trainer.policy
+    layout = {"sharded": all(isinstance(p, DTensor) for p in policy.parameters()),
+              "tied": policy.get_output_embeddings().weight is policy.get_input_embeddings().weight}
+    return {"layout": layout, "stats": [{k: v for k, v in s.items() if not k.startswith(per_process) and isinstance(v, float)}
                       for s in stats],
             "grads": grads, "params": params, "initial": initial}
 
@@ -84,6 +103,45 @@ def run_train(out: Path, dist: Distributed) -> None:
                   progress=False)
 
 
+SHARDED_TRAIN = dict(batch_size=2, mini_batch_size=1, ppo_epochs=2, max_new_tokens=4, seed=1, sharding="fsdp2",
+                     value_model="separate", temperature=1.0)
+TRAIN_PROMPTS = [f"prompt {i}" for i in range(16)]
+
+
+def length_reward(prompts, completions):
+    return [float(len(x)) for x in completions]
+
+
+def run_sharded_train(out: Path, dist: Distributed) -> None:
+    """FSDP2 on 2 processes: an uninterrupted run, the same run stopped after 2 iterations and resumed,
+    greedy generation, and the full optimiser state at a checkpoint (for the 1-process load to match)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    from tether.train.persistence import trained_modules
+
+    tokenizer = tiny_tokenizer()
+
+    def trainer():
+        return PPOTrainer(PPOConfig(**SHARDED_TRAIN), tiny_llama(tokenizer, tie_word_embeddings=True), tokenizer,
+                          reward_fn=length_reward)
+
+    full_run = trainer()
+    full_run.train(TRAIN_PROMPTS, max_iterations=4, output_dir=out / "full", save_every=1, progress=False)
+    trainer().train(TRAIN_PROMPTS, max_iterations=2, output_dir=out / "resumed", save_every=1, progress=False)
+    resumed = trainer()
+    resumed.train(TRAIN_PROMPTS, max_iterations=4, output_dir=out / "resumed", resume="latest", save_every=1,
+                  progress=False)
+    # the full optimiser state of the resumed run's step 2, for the 1-process load to compare with
+    probe = trainer()
+    probe.load_checkpoint(out / "resumed" / "checkpoints" / "step-000002")
+    optim = get_optimizer_state_dict(trained_modules(probe.ppo), probe.optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    greedy = probe.generate(QUERIES[dist.rank * 4:(dist.rank + 1) * 4], do_sample=False, max_new_tokens=6)
+    greedy = dist.gather_objects(greedy)
+    if dist.is_main:
+        torch.save({"optim": optim, "greedy": [g for part in greedy for g in part]}, out / "sharded-probe.pt")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist = Distributed.from_environment()
@@ -93,6 +151,7 @@ def main() -> None:
         torch.save(results, out / f"results-{dist.world_size}.pt")
     if dist.world_size > 1:
         run_train(out / "train-2proc", dist)
+        run_sharded_train(out / "sharded", dist)
 
 
 if __name__ == "__main__":

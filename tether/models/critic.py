@@ -95,13 +95,24 @@ class ValueModel(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return self.head(out.last_hidden_state)
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Save the backbone in HF format and the head as safetensors next to it."""
+    def save_pretrained(self, directory: str | Path, state_dict: dict | None = None) -> None:
+        """Save the backbone in HF format and the head as safetensors next to it. ``state_dict``: this
+        module's full weights (``backbone.*``, ``head.*``) when they are not its own tensors (gathered
+        from shards)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
-        self.backbone.save_pretrained(directory)
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, directory / VALUE_HEAD_FILE)
+        if state_dict is None:
+            self.backbone.save_pretrained(directory)
+            head = self.head.state_dict()
+        else:
+            backbone = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+            self.backbone.save_pretrained(directory, state_dict=backbone)
+            head = {k[len("head."):]: v for k, v in state_dict.items() if k.startswith("head.")}
+            from .weights import strip_fsdp_class_names
+
+            strip_fsdp_class_names(directory)
+        save_file({k: v.contiguous() for k, v in head.items()}, directory / VALUE_HEAD_FILE)
         (directory / "tether_value_model.json").write_text(json.dumps({"kind": "ValueModel"}))
 
     @classmethod

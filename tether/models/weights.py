@@ -67,3 +67,19 @@ def load_head(head: nn.Module, path: str | Path) -> None:
     from safetensors.torch import load_file
 
     head.load_state_dict(load_file(Path(path)))
+
+
+def strip_fsdp_class_names(directory: str | Path) -> None:
+    """FSDP2 renames a sharded model's class (``FSDPLlamaForCausalLM``), and ``save_pretrained`` writes
+    that name into ``config.json``'s ``architectures``: put the model's own name back, so that
+    ``from_pretrained`` builds the right class."""
+    import json
+
+    config_file = Path(directory) / "config.json"
+    if not config_file.exists():
+        return
+    config = json.loads(config_file.read_text())
+    names = config.get("architectures") or []
+    if any(n.startswith("FSDP") for n in names):
+        config["architectures"] = [n[4:] if n.startswith("FSDP") else n for n in names]
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

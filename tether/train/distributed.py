@@ -1,10 +1,11 @@
 """Data parallelism behind a thin seam: one process, or N under ``torchrun`` — the same code.
 
-``Distributed.from_environment()`` reads the variables torchrun sets (``WORLD_SIZE``, ``RANK``,
+``Distributed.from_environment(sharding)`` reads the variables torchrun sets (``WORLD_SIZE``, ``RANK``,
 ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``) and joins the process group: gloo on CPU, NCCL on GPUs.
-The trainer asks this object, never ``torch.distributed`` directly, for: ``wrap`` (DDP), the sums
-and gathers that make statistics global, ``is_main`` (who writes) and ``barrier``. With one process
-every call is the identity, so single-process runs pay nothing.
+The trainer asks this object, never ``torch.distributed`` directly, for: ``shard_models`` (FSDP2
+under ``sharding: fsdp2``, sharding.py) and ``wrap`` (DDP under ``ddp``), the sums and gathers that
+make statistics global, ``is_main`` (who writes) and ``barrier``. With one process every call is the
+identity, so single-process runs pay nothing. The PPO loop does not ask which kind it has.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ logger = logging.getLogger(__name__)
 class Distributed:
     """Rank, world size and the collectives PPO needs. One process: all identities."""
 
-    def __init__(self):
+    def __init__(self, sharding: str = "ddp"):
         self.enabled = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.enabled else 0
         self.world_size = dist.get_world_size() if self.enabled else 1
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0")) if self.enabled else 0
+        self.sharding = sharding
+        self.sharded = self.enabled and sharding == "fsdp2"  # FSDP2 across the processes (else DDP)
 
     @classmethod
-    def from_environment(cls) -> Distributed:
+    def from_environment(cls, sharding: str = "ddp") -> Distributed:
         """Join the process group torchrun describes (if any and not joined yet)."""
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -38,7 +41,7 @@ class Distributed:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group(backend)
             logger.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
-        return cls()
+        return cls(sharding)
 
     @property
     def is_main(self) -> bool:
@@ -48,10 +51,26 @@ class Distributed:
         """This rank's device: ``cuda:LOCAL_RANK`` when GPUs exist, else the CPU."""
         return torch.device(f"cuda:{self.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
+    def shard_models(self, *modules: nn.Module | None, mixed_precision: bool = False) -> tuple:
+        """FSDP2: each module (policy, reference, critic, value head; None passes through) sharded in
+        place across the processes, every rank starting from rank 0's weights. Otherwise: unchanged."""
+        if not self.sharded:
+            return modules
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from .sharding import shard
+
+        device = self.device()
+        mesh = init_device_mesh(device.type, (self.world_size,))
+        force_sum = dist.get_backend() == "gloo"
+        return tuple(None if m is None else shard(m, mesh, mixed_precision and device.type == "cuda", force_sum)
+                     for m in modules)
+
     def wrap(self, module: nn.Module | None) -> nn.Module | None:
         """``DistributedDataParallel(module)`` across ranks (it broadcasts rank 0's weights, so every
-        rank starts equal, and averages gradients in backward); the module itself with one process."""
-        if module is None or not self.enabled or not any(p.requires_grad for p in module.parameters()):
+        rank starts equal, and averages gradients in backward); the module itself with one process, or
+        when it is sharded (FSDP2 reduces its gradients itself)."""
+        if module is None or not self.enabled or self.sharded or not any(p.requires_grad for p in module.parameters()):
             return module
         from torch.nn.parallel import DistributedDataParallel
 

@@ -60,6 +60,7 @@ from .estimators import estimate_advantages, kl_in_loss, policy_loss_fn, shape_s
 from .faults import EngineMismatchError, FaultMonitor
 from .optim import make_scheduler
 from .precision import Precision, checkpointing_active
+from .sharding import as_float
 
 logger = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ class PPOLearner:
     def _clip_gradients(self) -> float:
         params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        return as_float(torch.nn.utils.clip_grad_norm_(params, max_norm))  # sharded: the norm of the full gradient
 
 
 __all__ = ["PPOLearner"]

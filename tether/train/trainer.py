@@ -146,6 +146,14 @@ class PPOTrainer:
             self.reward_fn.model.to(torch.bfloat16)  # frozen: stored in bf16
         if config.gradient_checkpointing or config.trl.get("gradient_checkpointing"):
             enable_checkpointing(policy, critic)
+        self.dist = Distributed.from_environment(config.sharding)
+        if self.dist.sharded:  # before the optimiser: sharding replaces the parameters it must hold
+            if given["optimizer"] is not None:
+                raise ValueError("sharding='fsdp2' replaces the model's parameters with shards: an optimizer built "
+                                 "before PPOTrainer holds the old ones. Let PPOTrainer build it (optimizer=None), "
+                                 "or use sharding='ddp'")
+            policy, ref, critic, value_head = self.dist.shard_models(policy, ref, critic, value_head,
+                                                                     mixed_precision=self.precision.mixed)
         critic_module = critic if critic is not None else value_head
         if given["optimizer"] is None:
             given["optimizer"] = make_optimizer(policy.parameters(), critic_module.parameters() if critic_module else [],
@@ -155,7 +163,6 @@ class PPOTrainer:
             given["optimizer"] = trl_methods.AcceleratedOptimizer(given["optimizer"])
             if given["lr_scheduler"] is not None:
                 given["lr_scheduler"] = trl_methods.AcceleratedScheduler(given["lr_scheduler"])
-        self.dist = Distributed.from_environment()
         self.ppo = PPOLearner(config, policy, ref, critic, value_head, given["optimizer"], self.dist, self.precision)
         self.lr_scheduler = given["lr_scheduler"]
         if self.lr_scheduler is not None:  # the program's schedule, stepped once per step(); none of ours
@@ -164,6 +171,9 @@ class PPOTrainer:
         # TRL's ppo_trainer.ref_model: the value-head wrapper it was given or made (None with peft)
         self._ref_wrapper = reference_wrapper(models, ref) if self.trl_mode else None
         self.running = RunningMoments()  # of the scores, for TRL's use_score_scaling
+        if self.dist.sharded and engine is not None and not (isinstance(engine, str) and engine == "hf"):
+            raise ValueError("sharding='fsdp2' samples with the HF engine for now (engine='hf'): streaming sharded "
+                             "weights into vLLM is not implemented yet; use sharding='ddp' with vLLM")
         self.engine = make_engine(engine, policy, self.precision)
         self._engine_synced_at: int | None = None  # the iteration whose weights the engine holds
         self._sync_seconds = 0.0  # weight updates of the engine since the last record()
