@@ -221,6 +221,10 @@ class PPOConfig:
     optimiser state) | fsdp2 (each holds 1/N of every parameter, gradient and AdamW state, and of the
     reference; a decoder layer is gathered only while it runs: for models whose training state does not
     fit N times). One process: ignored. docs/scaling.md."""
+    sharded_rollout: str = "gathered"
+    """sharding fsdp2, sampling: gathered (each process gathers the full policy once per rollout and frees it
+    after: one all-gather, a full copy of the weights while sampling) | per_layer (each decoder layer is
+    gathered at every generated token: no full copy, the whole model's weights communicated per token)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them (policy and critic):
     less memory, ~30 % more compute; the same gradients."""
@@ -312,6 +316,7 @@ class PPOConfig:
             "prompt_overflow": PROMPT_OVERFLOW,
             "precision": ("auto", "fp32", "bf16-mixed"),
             "sharding": ("ddp", "fsdp2"),
+            "sharded_rollout": ("gathered", "per_layer"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

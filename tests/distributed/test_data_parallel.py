@@ -150,7 +150,9 @@ def test_greedy_generation_from_a_sharded_policy_equals_one_process(runs, tokeni
     probe = torch.load(out / "sharded" / "sharded-probe.pt", weights_only=False)
     trainer = _sharded_trainer(tokenizer)
     trainer.load_checkpoint(out / "sharded" / "resumed" / "checkpoints" / "step-000002")
-    assert trainer.generate(QUERIES, do_sample=False, max_new_tokens=6) == probe["greedy"]
+    one = trainer.generate(QUERIES, do_sample=False, max_new_tokens=6)
+    assert one == probe["greedy"] == probe["per_layer"]  # both rollout modes of the 2 sharded processes
+    assert probe["resharded"]
 
 
 def test_torchrun_runs_the_ppo_command(tmp_path, model, tokenizer):

@@ -136,10 +136,18 @@ def run_sharded_train(out: Path, dist: Distributed) -> None:
     probe.load_checkpoint(out / "resumed" / "checkpoints" / "step-000002")
     optim = get_optimizer_state_dict(trained_modules(probe.ppo), probe.optimizer,
                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    greedy = probe.generate(QUERIES[dist.rank * 4:(dist.rank + 1) * 4], do_sample=False, max_new_tokens=6)
-    greedy = dist.gather_objects(greedy)
+    from torch.distributed.tensor import DTensor
+
+    mine = QUERIES[dist.rank * 4:(dist.rank + 1) * 4]
+    greedy = probe.generate(mine, do_sample=False, max_new_tokens=6)  # sharded_rollout: gathered (the default)
+    resharded = all(isinstance(p, DTensor) for p in probe.policy.parameters())  # gathered weights freed after
+    probe.config.sharded_rollout = "per_layer"
+    per_layer = probe.generate(mine, do_sample=False, max_new_tokens=6)
+    greedy, per_layer = dist.gather_objects(greedy), dist.gather_objects(per_layer)
     if dist.is_main:
-        torch.save({"optim": optim, "greedy": [g for part in greedy for g in part]}, out / "sharded-probe.pt")
+        torch.save({"optim": optim, "greedy": [g for part in greedy for g in part],
+                    "per_layer": [g for part in per_layer for g in part], "resharded": resharded},
+                   out / "sharded-probe.pt")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ identity, so single-process runs pay nothing. The PPO loop does not ask which ki
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -65,6 +66,15 @@ class Distributed:
         force_sum = dist.get_backend() == "gloo"
         return tuple(None if m is None else shard(m, mesh, mixed_precision and device.type == "cuda", force_sum)
                      for m in modules)
+
+    def rollout(self, module: nn.Module, gather: bool = True):
+        """The context sampling from ``module`` runs in. Sharded with ``gather``: its weights gathered
+        once for the whole rollout and resharded after (``sharding.gathered``); else nothing."""
+        if not (self.sharded and gather):
+            return contextlib.nullcontext()
+        from .sharding import gathered
+
+        return gathered(module)
 
     def wrap(self, module: nn.Module | None) -> nn.Module | None:
         """``DistributedDataParallel(module)`` across ranks (it broadcasts rank 0's weights, so every

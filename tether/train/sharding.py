@@ -25,6 +25,7 @@ Sources: ``../shared/notes/fsdp2.md`` (anchors and torch 2.13 behaviour); PyTorc
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable
 
 import torch
@@ -70,6 +71,24 @@ def shard(module: nn.Module, mesh, mixed_precision: bool, force_sum: bool) -> nn
     return module
 
 
+@contextlib.contextmanager
+def gathered(module: nn.Module):
+    """Inside: a sharded ``module``'s weights stay gathered after their first forward (one all-gather per
+    unit for a whole rollout instead of one per generated token); on exit every unit is resharded and
+    keeps its layout again (decoder layers reshard after forward, the root does not)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(unit is not module, recurse=False)
+
+
 def is_sharded(module: nn.Module | None) -> bool:
     """True for a module ``fully_shard`` has been applied to."""
     if module is None:
@@ -107,4 +126,4 @@ def full_parameters(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
 
 
 __all__ = ["SHARDINGS", "as_float", "broadcast_from_rank0", "decoder_layers", "full_parameters", "full_state_dict",
-           "is_sharded", "shard"]
+           "gathered", "is_sharded", "shard"]

@@ -450,7 +450,8 @@ class PPOTrainer:
                 start = getattr(engine, "start_seconds", 0.0) - started  # a first call starts the engine
                 self._sync_seconds += time.perf_counter() - t0 - start
                 self._engine_synced_at = self.iteration
-        with self.precision.autocast():
+        with self.precision.autocast(), self.dist.rollout(model if model is not None else self.policy,
+                                                          self.config.sharded_rollout == "gathered"):
             return engine.generate(ids.to(self.device), mask.to(self.device), params)
 
     def _warn_once(self, key: str, message: str) -> None:
