@@ -6,7 +6,8 @@
 Runs full fine-tuning of a Llama-architecture policy built from a config (random weights: memory and
 time do not depend on the values), with its separate critic and its frozen reference, under
 ``sharding: ddp`` with 1 and 2 processes and ``sharding: fsdp2`` with 2 processes (``torchrun``, gloo on
-CPU). For each run it prints:
+CPU). One process does not shard (``sharding: fsdp2`` in a single process is the single-process
+program), so the 1-process row stands for both. For each run it prints:
 
 * state bytes per process, exact, from the local sizes of the parameters, gradients and AdamW moments
   of policy and critic and of the reference's weights (under FSDP2 each process holds its shards);
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--memory-limit", type=float, default=None,
                         help="GiB all processes together may use before a run counts as out of memory "
                              "(default: 90%% of this machine's memory)")
+    parser.add_argument("--results", default="runs/sharding", help="directory for sharding.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sharding", default="ddp", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -153,9 +155,11 @@ def main() -> None:
 
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores; memory limit "
           f"{args.memory_limit:.1f} GiB; Llama {args.layers} layers x {args.hidden}, separate critic, full fine-tuning")
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for sharding, nproc in (("ddp", 1), ("ddp", 2), ("fsdp2", 2)):
-        out = Path(f"/tmp/tether-sharding-{sharding}-{nproc}.json")
+        out = results_dir / f"{sharding}-x{nproc}.json"
         out.unlink(missing_ok=True)
         results.append(run(sharding, nproc, args, out))
         r = results[-1]
@@ -165,13 +169,14 @@ def main() -> None:
             continue
         gib = 2**30
         state = r["state"][0]
-        print(f"{sharding:>6} x{nproc}: {r['params'] / 1e9:.2f}B-parameter policy; state per process "
+        label = "ddp = fsdp2 x1" if nproc == 1 else f"{sharding} x{nproc}"
+        print(f"{label:>14}: {r['params'] / 1e9:.2f}B-parameter policy; state per process "
               f"{state['total'] / gib:.2f} GiB (weights {state['weights'] / gib:.2f}, gradients "
               f"{state['gradients'] / gib:.2f}, Adam {state['adam'] / gib:.2f}, reference {state['reference'] / gib:.2f}); "
               f"peak RSS per process {max(r['peak_rss']) / gib:.2f} GiB, all processes {r['largest_total'] / gib:.2f} GiB; "
               f"{statistics.median(r['seconds'][1:] or r['seconds']):.1f} s/iteration", flush=True)
-    Path("sharding.json").write_text(json.dumps(results, indent=1))
-    print("wrote sharding.json")
+    (results_dir / "sharding.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {results_dir / 'sharding.json'}")
 
 
 if __name__ == "__main__":

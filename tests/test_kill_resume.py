@@ -10,27 +10,15 @@ import time
 
 import pytest
 
-from tiny import tiny_llama, tiny_tokenizer
+from tiny import tiny_run_config
 
 
 @pytest.fixture
 def run_config(tmp_path):
-    tokenizer = tiny_tokenizer()
-    tiny_llama(tokenizer).save_pretrained(tmp_path / "tiny")
-    tokenizer.save_pretrained(tmp_path / "tiny")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": f"question {i}"}) for i in range(48)))
-    config = tmp_path / "run.yaml"
-    config.write_text(f"""
-model: {{name_or_path: {tmp_path / 'tiny'}}}
-data: {{path: {prompts}, epochs: 3}}
-reward: {{rule: length, rule_args: {{target_words: 2}}}}
-train: {{batch_size: 4, mini_batch_size: 2, ppo_epochs: 1, max_new_tokens: 6, temperature: 1.0,
-         learning_rate: 0.01, lr_scheduler: cosine, adaptive_kl: true, kl_target: 0.5}}
-save_every: 1
-keep_checkpoints: 2
-""")
-    return config
+    return tiny_run_config(tmp_path, prompts=48, epochs=3,
+                           train="batch_size: 4, mini_batch_size: 2, ppo_epochs: 1, max_new_tokens: 6, "
+                                 "temperature: 1.0, learning_rate: 0.01, lr_scheduler: cosine, adaptive_kl: true, "
+                                 "kl_target: 0.5")
 
 
 def tether(*args):

@@ -51,3 +51,24 @@ def tiny_reward_model(tokenizer, seed: int = 1, hidden: int = 32):
                          num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, num_labels=1)
     return LlamaForSequenceClassification(config).eval()
+
+
+def tiny_run_config(directory, prompts: int, epochs: int, train: str):
+    """A `tether ppo` YAML config in ``directory``: a saved tiny Llama, ``prompts`` JSONL prompts read
+    ``epochs`` times, the length rule as reward, ``train`` (a YAML mapping body) as the train section,
+    a checkpoint every iteration, the last two kept. Returns the config's path."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    tokenizer = tiny_tokenizer()
+    tiny_llama(tokenizer).save_pretrained(directory / "tiny")
+    tokenizer.save_pretrained(directory / "tiny")
+    path = directory / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"question {i}"}) for i in range(prompts)))
+    config = directory / "run.yaml"
+    config.write_text(f"model: {{name_or_path: {directory / 'tiny'}}}\n"
+                      f"data: {{path: {path}, epochs: {epochs}}}\n"
+                      "reward: {rule: length, rule_args: {target_words: 2}}\n"
+                      f"train: {{{train}}}\nsave_every: 1\nkeep_checkpoints: 2\n")
+    return config

@@ -153,6 +153,22 @@ def test_greedy_generation_from_a_sharded_policy_equals_one_process(runs, tokeni
     one = trainer.generate(QUERIES, do_sample=False, max_new_tokens=6)
     assert one == probe["greedy"] == probe["per_layer"]  # both rollout modes of the 2 sharded processes
     assert probe["resharded"]
+    assert probe["ref_sharded"]  # after training: the frozen reference's root resharded after its forwards
+
+
+def test_a_sharded_reward_model_scores_as_one_process(runs, tokenizer):
+    """Its scores on each rank's rows (3 forwards on rank 0, 1 on rank 1) equal the unsharded model's;
+    it stays sharded after scoring and inside train()."""
+    from tests.distributed.worker import REWARD_TEXTS
+    from tether.rewards import RewardModelScorer
+    from tiny import tiny_reward_model
+
+    out, _, _ = runs
+    probe = torch.load(out / "sharded" / "reward-probe.pt", weights_only=False)
+    one = RewardModelScorer(tiny_reward_model(tokenizer), tokenizer, batch_size=1)(["q"] * 4, REWARD_TEXTS)
+    torch.testing.assert_close(torch.tensor(probe["scores"]), torch.tensor(list(one)), rtol=1e-5, atol=1e-6)
+    assert probe["sharded"]
+    assert probe["iterations"] == 2 and all(r == r for r in probe["reward_mean"])
 
 
 def test_torchrun_runs_the_ppo_command(tmp_path, model, tokenizer):

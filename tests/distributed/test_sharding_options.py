@@ -33,6 +33,18 @@ def test_vllm_with_sharding_is_refused(model, tokenizer, pretend_sharded):
         PPOTrainer(PPOConfig(sharding="fsdp2", batch_size=2), model, tokenizer, engine="vllm")
 
 
+def test_the_hf_engine_in_any_form_is_accepted_under_sharding(model, tokenizer, pretend_sharded):
+    """What the CLI passes (a RolloutConfig with engine 'hf') must not be mistaken for vLLM."""
+    from tether.config import RolloutConfig
+    from tether.rollout.hf import HFEngine
+
+    for engine in (None, "hf", RolloutConfig(engine="hf")):
+        trainer = PPOTrainer(PPOConfig(sharding="fsdp2", batch_size=2), model, tokenizer, engine=engine)
+        assert isinstance(trainer.engine, HFEngine)
+    with pytest.raises(ValueError, match="streaming sharded weights into vLLM"):
+        PPOTrainer(PPOConfig(sharding="fsdp2", batch_size=2), model, tokenizer, engine=RolloutConfig(engine="vllm"))
+
+
 def test_sharding_options_are_checked():
     with pytest.raises(ConfigError, match="sharding: 'zero3' is not one of"):
         PPOConfig(sharding="zero3")

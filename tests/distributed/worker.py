@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiny import tiny_llama, tiny_tokenizer  # noqa: E402
+from tiny import tiny_llama, tiny_reward_model, tiny_tokenizer  # noqa: E402
 
 from tether import LoraSettings, PPOConfig, PPOTrainer  # noqa: E402
 from tether.models import apply_lora  # noqa: E402
@@ -127,6 +127,10 @@ def run_sharded_train(out: Path, dist: Distributed) -> None:
 
     full_run = trainer()
     full_run.train(TRAIN_PROMPTS, max_iterations=4, output_dir=out / "full", save_every=1, progress=False)
+    from torch.distributed.tensor import DTensor
+
+    # forward-only, the reference has no backward to reshard its root: it must reshard after forward
+    ref_sharded = all(isinstance(p, DTensor) for p in full_run.ppo.ref_model.parameters())
     trainer().train(TRAIN_PROMPTS, max_iterations=2, output_dir=out / "resumed", save_every=1, progress=False)
     resumed = trainer()
     resumed.train(TRAIN_PROMPTS, max_iterations=4, output_dir=out / "resumed", resume="latest", save_every=1,
@@ -136,8 +140,6 @@ def run_sharded_train(out: Path, dist: Distributed) -> None:
     probe.load_checkpoint(out / "resumed" / "checkpoints" / "step-000002")
     optim = get_optimizer_state_dict(trained_modules(probe.ppo), probe.optimizer,
                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    from torch.distributed.tensor import DTensor
-
     mine = QUERIES[dist.rank * 4:(dist.rank + 1) * 4]
     greedy = probe.generate(mine, do_sample=False, max_new_tokens=6)  # sharded_rollout: gathered (the default)
     resharded = all(isinstance(p, DTensor) for p in probe.policy.parameters())  # gathered weights freed after
@@ -146,8 +148,36 @@ def run_sharded_train(out: Path, dist: Distributed) -> None:
     greedy, per_layer = dist.gather_objects(greedy), dist.gather_objects(per_layer)
     if dist.is_main:
         torch.save({"optim": optim, "greedy": [g for part in greedy for g in part],
-                    "per_layer": [g for part in per_layer for g in part], "resharded": resharded},
+                    "per_layer": [g for part in per_layer for g in part], "resharded": resharded,
+                    "ref_sharded": ref_sharded},
                    out / "sharded-probe.pt")
+
+
+REWARD_TEXTS = ["a b c", "hello there", "why not", "ok"]
+"""Scored by a sharded reward model: rank 0 scores three (three forwards), rank 1 one."""
+
+
+def run_sharded_reward(out: Path, dist: Distributed) -> None:
+    """FSDP2 shards a reward model too; a scoring call gathers it once, so ranks may run different
+    numbers of forwards; train() scores through it."""
+    from tether.rewards import RewardModelScorer
+    from tether.train.sharding import is_sharded
+
+    tokenizer = tiny_tokenizer()
+    scorer = RewardModelScorer(tiny_reward_model(tokenizer), tokenizer, batch_size=1)
+    trainer = PPOTrainer(PPOConfig(**{**SHARDED_TRAIN, "value_model": "head"}), tiny_llama(tokenizer), tokenizer,
+                         reward_model=scorer)
+    mine = REWARD_TEXTS[:3] if dist.rank == 0 else REWARD_TEXTS[3:]
+    with trainer.dist.scoring(trainer.reward_fn):
+        scores = trainer.reward_fn(["q"] * len(mine), mine)
+    history = trainer.train(TRAIN_PROMPTS, max_iterations=2, progress=False)
+    from torch.distributed.tensor import DTensor
+
+    result = {"scores": [s for part in dist.gather_objects(list(scores)) for s in part],
+              "sharded": is_sharded(scorer.model) and all(isinstance(p, DTensor) for p in scorer.model.parameters()),
+              "iterations": len(history), "reward_mean": [h["env/reward_mean"] for h in history]}
+    if dist.is_main:
+        torch.save(result, out / "reward-probe.pt")
 
 
 def main() -> None:
@@ -160,6 +190,7 @@ def main() -> None:
     if dist.world_size > 1:
         run_train(out / "train-2proc", dist)
         run_sharded_train(out / "sharded", dist)
+        run_sharded_reward(out / "sharded", dist)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,17 @@ class Distributed:
 
         return gathered(module)
 
+    def scoring(self, reward):
+        """The context a reward call runs in: a ``RewardModelScorer`` whose model is sharded has its
+        weights gathered once for the call (every rank enters, whatever the number of rows it scores)
+        and resharded after; any other reward: nothing."""
+        from .sharding import gathered, is_sharded
+
+        model = getattr(reward, "model", None)
+        if not (self.sharded and is_sharded(model)):
+            return contextlib.nullcontext()
+        return gathered(model)
+
     def wrap(self, module: nn.Module | None) -> nn.Module | None:
         """``DistributedDataParallel(module)`` across ranks (it broadcasts rank 0's weights, so every
         rank starts equal, and averages gradients in backward); the module itself with one process, or

@@ -152,7 +152,8 @@ def _draw(trainer, position: DataPosition, prompts: list, token_ids: list, rewar
     failure: RewardError | None = None
     scores = None
     try:
-        scores = call_reward(reward, batch_prompts, completions).to(trainer.device)
+        with trainer.dist.scoring(reward):  # a sharded reward model: gathered for this call
+            scores = call_reward(reward, batch_prompts, completions).to(trainer.device)
     except RewardError as err:
         failure = err
     if trainer.dist.any(failure is not None):  # one rank's bad reward stops or skips every rank

@@ -63,7 +63,9 @@ def shard(module: nn.Module, mesh, mixed_precision: bool, force_sum: bool) -> nn
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for layer in decoder_layers(module):
         fully_shard(layer, **kwargs)
-    fully_shard(module, **kwargs)
+    # the root keeps its weights gathered after forward until backward reshards them; a frozen model
+    # (reference, reward model) has no backward, so its root reshards after forward like the layers
+    fully_shard(module, reshard_after_forward=True if is_frozen(module) else None, **kwargs)
     if force_sum:
         for sub in module.modules():
             if isinstance(sub, FSDPModule):
@@ -73,20 +75,31 @@ def shard(module: nn.Module, mesh, mixed_precision: bool, force_sum: bool) -> nn
 
 @contextlib.contextmanager
 def gathered(module: nn.Module):
-    """Inside: a sharded ``module``'s weights stay gathered after their first forward (one all-gather per
-    unit for a whole rollout instead of one per generated token); on exit every unit is resharded and
-    keeps its layout again (decoder layers reshard after forward, the root does not)."""
+    """Inside: a sharded ``module``'s weights gathered on entry and kept (one all-gather per unit for a
+    whole rollout or scoring phase instead of one per forward); on exit every unit is resharded and
+    keeps its layout again (decoder layers reshard after forward, the root of a trained model does not).
+    Every rank enters together (the gather is a collective); inside, each rank may run any number of
+    forwards, none included, without communicating."""
     from torch.distributed.fsdp import FSDPModule
 
     units = [m for m in module.modules() if isinstance(m, FSDPModule)]
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
+    with torch.no_grad():
+        for unit in units:
+            unit.unshard()
     try:
         yield
     finally:
+        frozen = is_frozen(module)
         for unit in units:
             unit.reshard()
-            unit.set_reshard_after_forward(unit is not module, recurse=False)
+            unit.set_reshard_after_forward(unit is not module or frozen, recurse=False)
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """True when no parameter of ``module`` is trained (the reference, a reward model)."""
+    return not any(p.requires_grad for p in module.parameters())
 
 
 def is_sharded(module: nn.Module | None) -> bool:

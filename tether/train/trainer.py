@@ -154,6 +154,8 @@ class PPOTrainer:
                                  "or use sharding='ddp'")
             policy, ref, critic, value_head = self.dist.shard_models(policy, ref, critic, value_head,
                                                                      mixed_precision=self.precision.mixed)
+            if isinstance(getattr(self.reward_fn, "model", None), nn.Module):  # a reward model: sharded too,
+                self.dist.shard_models(self.reward_fn.model)  # gathered once per scoring call (dist.scoring)
         critic_module = critic if critic is not None else value_head
         if given["optimizer"] is None:
             given["optimizer"] = make_optimizer(policy.parameters(), critic_module.parameters() if critic_module else [],
@@ -171,9 +173,8 @@ class PPOTrainer:
         # TRL's ppo_trainer.ref_model: the value-head wrapper it was given or made (None with peft)
         self._ref_wrapper = reference_wrapper(models, ref) if self.trl_mode else None
         self.running = RunningMoments()  # of the scores, for TRL's use_score_scaling
-        if self.dist.sharded and engine is not None and not (isinstance(engine, str) and engine == "hf"):
-            raise ValueError("sharding='fsdp2' samples with the HF engine for now (engine='hf'): streaming sharded "
-                             "weights into vLLM is not implemented yet; use sharding='ddp' with vLLM")
+        if self.dist.sharded and getattr(engine, "engine", engine) not in (None, "hf"):  # str or RolloutConfig
+            raise ValueError(SHARDED_ENGINE_ERROR)
         self.engine = make_engine(engine, policy, self.precision)
         self._engine_synced_at: int | None = None  # the iteration whose weights the engine holds
         self._sync_seconds = 0.0  # weight updates of the engine since the last record()
@@ -463,6 +464,10 @@ class PPOTrainer:
         rows = [r[m].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask)]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
+
+
+SHARDED_ENGINE_ERROR = ("sharding='fsdp2' samples with the HF engine for now (engine='hf', rollout.engine: hf): "
+                        "streaming sharded weights into vLLM is not implemented yet; use sharding='ddp' with vLLM")
 
 
 def make_engine(engine, policy, precision: Precision):
