@@ -112,7 +112,10 @@ class PreTrainedModelWrapper(nn.Module):
         if peft_config is not None:
             from peft import get_peft_model
 
-            model = get_peft_model(model, peft_config)
+            from ..models.loading import quiet_peft_deprecation
+
+            with quiet_peft_deprecation():
+                model = get_peft_model(model, peft_config)
         wrapper = cls(model, **head_kwargs)
         if isinstance(pretrained_model_name_or_path, str):
             wrapper._load_v_head(pretrained_model_name_or_path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,7 +170,17 @@ def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = Fal
     if not spec.get("name_or_path"):
         raise FileNotFoundError(f"{path}: LoRA adapters without a known base model; pass the base explicitly")
     model = load_causal_lm(spec["name_or_path"], spec.get("gguf_file"), dtype, trust_remote_code)
-    return PeftModel.from_pretrained(model, path)
+    with quiet_peft_deprecation():
+        return PeftModel.from_pretrained(model, path)
+
+
+@contextlib.contextmanager
+def quiet_peft_deprecation():
+    """peft reads ``model.is_gradient_checkpointing`` while wrapping a model, a property transformers
+    deprecated (a FutureWarning the user cannot act on); only that warning is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def forget_gguf_quantizer(model) -> None:
@@ -193,7 +205,8 @@ def apply_lora(model, lora: LoraSettings):
         target_modules=list(lora.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with quiet_peft_deprecation():
+        return get_peft_model(model, config)
 
 
 def load_sequence_classifier(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False):
