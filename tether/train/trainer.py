@@ -154,8 +154,8 @@ class PPOTrainer:
                                  "or use sharding='ddp'")
             policy, ref, critic, value_head = self.dist.shard_models(policy, ref, critic, value_head,
                                                                      mixed_precision=self.precision.mixed)
-            if isinstance(getattr(self.reward_fn, "model", None), nn.Module):  # a reward model: sharded too,
-                self.dist.shard_models(self.reward_fn.model)  # gathered once per scoring call (dist.scoring)
+            if isinstance(getattr(self.reward_fn, "model", None), nn.Module):  # a reward model: frozen, sharded
+                self.dist.shard_models(self.reward_fn.model.requires_grad_(False))  # gathered per call (dist.scoring)
         critic_module = critic if critic is not None else value_head
         if given["optimizer"] is None:
             given["optimizer"] = make_optimizer(policy.parameters(), critic_module.parameters() if critic_module else [],
