@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tiny import tiny_run_config
+from tiny import run_metrics, tiny_run_config
 
 
 @pytest.fixture
@@ -24,11 +24,6 @@ def run_config(tmp_path):
 def tether(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "2", "CI": "1"}
     return [sys.executable, "-m", "tether", *args], env
-
-
-def metrics(run):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))} for r in rows]  # measurements, not results
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, run_config):
@@ -46,11 +41,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, run_config):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not (run / "final").exists()
-    killed_at = len(metrics(run))
+    killed_at = len(run_metrics(run))
 
     cmd, env = tether("ppo", "--config", str(run_config), "--out", str(run), "--resume")
     done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     assert json.loads(done.stdout)["iterations"] == 36
     assert 4 <= killed_at < 36
-    assert metrics(run) == metrics(tmp_path / "full")
+    assert run_metrics(run) == run_metrics(tmp_path / "full")
     assert len(list((run / "checkpoints").iterdir())) == 2  # keep_checkpoints

@@ -72,3 +72,11 @@ def tiny_run_config(directory, prompts: int, epochs: int, train: str):
                       "reward: {rule: length, rule_args: {target_words: 2}}\n"
                       f"train: {{{train}}}\nsave_every: 1\nkeep_checkpoints: 2\n")
     return config
+
+
+def run_metrics(run):
+    """The rows of ``run/metrics.jsonl`` without timings and memory (measurements, not results)."""
+    import json
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))} for r in rows]

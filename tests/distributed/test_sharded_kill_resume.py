@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tiny import tiny_run_config
+from tiny import run_metrics, tiny_run_config
 
 ITERATIONS = 12  # 24 prompts x 2 epochs / (2 per process x 2 processes)
 
@@ -29,11 +29,6 @@ def torchrun(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "tether", *args], env
-
-
-def metrics(run):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))} for r in rows]  # measurements
 
 
 def test_a_sharded_run_killed_with_sigkill_resumes_bit_exactly(tmp_path, run_config):
@@ -54,7 +49,7 @@ def test_a_sharded_run_killed_with_sigkill_resumes_bit_exactly(tmp_path, run_con
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "final").exists()
-    killed_at = len(metrics(run))
+    killed_at = len(run_metrics(run))
     assert 4 <= killed_at < ITERATIONS
     assert (run / "checkpoints" / "step-000004" / "sharded").is_dir()
 
@@ -62,5 +57,5 @@ def test_a_sharded_run_killed_with_sigkill_resumes_bit_exactly(tmp_path, run_con
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["iterations"] == ITERATIONS
-    assert metrics(run) == metrics(tmp_path / "full")
+    assert run_metrics(run) == run_metrics(tmp_path / "full")
     assert (run / "final" / "model.safetensors").exists()
