@@ -10,6 +10,7 @@ identity, so single-process runs pay nothing. The PPO loop does not ask which ki
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -20,6 +21,15 @@ import torch.distributed as dist
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+
+def leave_process_group() -> None:
+    """``destroy_process_group`` at interpreter exit, while Python is still whole: a gloo process that
+    exits without it can abort (SIGABRT, "terminate called without an active exception") when gloo's
+    worker threads release tensors during interpreter finalisation (pytorch#190489), and torchrun then
+    reports a finished run as failed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class Distributed:
@@ -41,6 +51,7 @@ class Distributed:
             if backend == "nccl":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group(backend)
+            atexit.register(leave_process_group)  # the group tether joined, tether leaves
             logger.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
         return cls(sharding)
 
