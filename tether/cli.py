@@ -394,10 +394,20 @@ from .train.faults import NumericalError  # noqa: E402  (torch only; the CLI imp
 def main(argv: list[str] | None = None) -> int:
     """Run a subcommand. User errors (bad paths, files, options, models, rules, resume points) end in
     one ``tether: error:`` line naming the culprit and exit code 2; ``-v`` adds the traceback."""
-    from .train.signals import TrainingInterrupted
-
     args = make_parser().parse_args(argv)
     _setup_logging(args.verbose)
+    code = _run(args)
+    from .train.distributed import end_worker_process, joined_process_group
+
+    if argv is None and joined_process_group():  # a torchrun worker of the command line: end it cleanly
+        end_worker_process(code)
+    return code
+
+
+def _run(args) -> int:
+    """``args.func(args)``, with the interruptions and user errors turned into exit codes."""
+    from .train.signals import TrainingInterrupted
+
     try:
         return args.func(args)
     except TrainingInterrupted as stop:

@@ -19,14 +19,20 @@ from tests.distributed.worker import VARIANTS
 WORKER = Path(__file__).with_name("worker.py")
 
 
+def crash_report(stderr: str) -> str:
+    """The Python stacks faulthandler printed (where a rank died), then the tail of stderr."""
+    at = stderr.find("Fatal Python error")
+    return (stderr[at:at + 4000] + "\n...\n" if at >= 0 else "") + stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1", "PYTHONFAULTHANDLER": "1"}  # a crash shows its stack
     subprocess.run([sys.executable, str(WORKER), str(out)], env=env, check=True, capture_output=True)
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                str(WORKER), str(out)], env=env, capture_output=True, text=True)
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.returncode == 0, crash_report(launched.stderr)
     return out, torch.load(out / "results-1.pt"), torch.load(out / "results-2.pt")
 
 

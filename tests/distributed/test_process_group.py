@@ -38,3 +38,26 @@ def test_a_torchrun_script_leaves_the_group_before_exit(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     # both ranks had left the group when the interpreter exited
     assert [(tmp_path / f"rank-{r}").read_text() for r in (0, 1)] == ["False", "False"]
+
+
+def test_ending_a_worker_runs_the_exit_handlers_then_exits_with_its_code(tmp_path):
+    marker = tmp_path / "handlers-ran"
+    code = ("import atexit, pathlib\n"
+            f"atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text('yes'))\n"
+            "from tether.train.distributed import end_worker_process\n"
+            "print('flushed', end='')\n"
+            "end_worker_process(3)\n"
+            "raise SystemExit('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and done.stdout == "flushed" and marker.read_text() == "yes", done.stderr
+
+
+def test_the_command_line_ends_a_torchrun_worker_that_way(monkeypatch):
+    from tether import cli
+
+    ended = []
+    monkeypatch.setattr(distributed_module, "joined_process_group", lambda: True)
+    monkeypatch.setattr(distributed_module, "end_worker_process", ended.append)
+    monkeypatch.setattr(sys, "argv", ["tether", "config", "show"])
+    assert cli.main() == 0 and ended == [0]
+    assert cli.main(["config", "show"]) == 0 and ended == [0]  # called in-process with arguments: returns

@@ -12,7 +12,7 @@ from tiny import tiny_llama, tiny_reward_model, tiny_tokenizer  # noqa: E402
 
 from tether import LoraSettings, PPOConfig, PPOTrainer  # noqa: E402
 from tether.models import apply_lora  # noqa: E402
-from tether.train.distributed import Distributed  # noqa: E402
+from tether.train.distributed import Distributed, end_worker_process  # noqa: E402
 
 GLOBAL_BATCH = 8
 QUERIES = [f"question {i}: {'why ' * (i % 3)}" for i in range(GLOBAL_BATCH)]
@@ -191,6 +191,7 @@ def main() -> None:
         run_train(out / "train-2proc", dist)
         run_sharded_train(out / "sharded", dist)
         run_sharded_reward(out / "sharded", dist)
+        end_worker_process(0)  # as the CLI does: no gloo abort in interpreter finalisation
 
 
 if __name__ == "__main__":
