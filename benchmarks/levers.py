@@ -33,15 +33,54 @@ RESPONSE_LENGTHS = [7, 14, 15, 18, 21, 24, 24, 26, 26, 27, 28, 29, 31, 32, 33, 3
                     40, 40, 41, 42, 45, 46, 49] + [50] * 34
 
 
-def worker(variant: str, steps: int, result: str) -> None:
+def synthetic_experience(tokenizer, response: int = 0):
+    """16 rows shaped like a rollout of the built-in prompts: random prompt ids of 36-48 tokens, responses of
+    ``response`` tokens (0: lengths drawn from SmolLM2's answers), noise advantages and returns."""
     import random
+
+    import torch
+
+    from tether.data.prompts import left_pad, right_pad
+    from tether.rollout.types import Experience
+
+    rng = random.Random(0)
+    vocab = tokenizer.vocab_size
+    prompts = [[rng.randrange(vocab) for _ in range(rng.randint(36, 48))] for _ in range(16)]
+    lengths = [response] * 16 if response else [rng.choice(RESPONSE_LENGTHS) for _ in range(16)]
+    responses = [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
+    p_ids, p_mask = left_pad(prompts, tokenizer.pad_token_id)
+    r_ids, r_mask = right_pad(responses, tokenizer.pad_token_id)
+    mask = r_mask.bool()
+    noise = torch.randn(r_ids.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return Experience(torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1).long(), mask,
+                          logprobs=torch.full(r_ids.shape, -2.0), ref_logprobs=torch.full(r_ids.shape, -2.0),
+                          values=torch.zeros(r_ids.shape), advantages=noise * mask, returns=noise * mask)
+
+
+def minibatch_steps(trainer, experience, steps: int) -> list[float]:
+    """Seconds of ``steps`` minibatch updates (4 rows: forward+backward+AdamW) after one warm-up step."""
     import time
 
     import torch
 
+    seconds = []
+    rows = torch.arange(4)
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.accumulate_gradients(experience, rows)
+        trainer.optimizer.step()
+        seconds.append(time.perf_counter() - start)
+        rows = (rows + 4) % 16  # the next minibatch, as an epoch walks the rollout
+    return seconds[1:]
+
+
+def worker(variant: str, steps: int, result: str) -> None:
+    import torch
+
     from tether import PPOConfig, PPOTrainer
     from tether.assets import resolve_model
-    from tether.data.prompts import left_pad, right_pad
     from tether.models.loading import LoraSettings, load_causal_lm, load_tokenizer
     from tether.rollout.types import Experience
 
@@ -57,28 +96,8 @@ def worker(variant: str, steps: int, result: str) -> None:
                        value_model="head", reuse_freed_memory=level >= 1, max_new_tokens=50)
     trainer = PPOTrainer(config, model, tokenizer, reward_fn=lambda p, c: [0.0] * len(c))
 
-    rng = random.Random(0)
-    vocab = tokenizer.vocab_size
-    prompts = [[rng.randrange(vocab) for _ in range(rng.randint(36, 48))] for _ in range(16)]
-    responses = [[rng.randrange(vocab) for _ in range(rng.choice(RESPONSE_LENGTHS))] for _ in range(16)]
-    p_ids, p_mask = left_pad(prompts, tokenizer.pad_token_id)
-    r_ids, r_mask = right_pad(responses, tokenizer.pad_token_id)
-    mask = r_mask.bool()
-    noise = torch.randn(r_ids.shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        experience = Experience(torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1).long(), mask,
-                                logprobs=torch.full(r_ids.shape, -2.0), ref_logprobs=torch.full(r_ids.shape, -2.0),
-                                values=torch.zeros(r_ids.shape), advantages=noise * mask, returns=noise * mask)
-    seconds = []
-    rows = torch.arange(4)
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.accumulate_gradients(experience, rows)
-        trainer.optimizer.step()
-        seconds.append(time.perf_counter() - start)
-        rows = (rows + 4) % 16  # the next minibatch, as an epoch walks the rollout
-    Path(result).write_text(json.dumps({"variant": variant, "seconds": seconds[1:]}))
+    seconds = minibatch_steps(trainer, synthetic_experience(tokenizer), steps)
+    Path(result).write_text(json.dumps({"variant": variant, "seconds": seconds}))
 
 
 def main() -> None:

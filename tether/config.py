@@ -228,10 +228,19 @@ class PPOConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them (policy and critic):
     less memory, ~30 % more compute; the same gradients."""
+    fused_logprobs: bool = True
+    """Compute response-token log-probs (and entropies) from the LM head a chunk of tokens at a time, never
+    holding [batch, tokens, vocabulary] logits (the chunk's logits are recomputed in the backward pass: one
+    more LM-head matmul). The same numbers as from full logits; false = full logits (models whose forward
+    rescales logits use them anyway)."""
     reuse_freed_memory: bool = True
     """CPU training on Linux/glibc: keep freed memory in the process (malloc without mmap), so the
     large buffers every minibatch frees and reallocates are not page-faulted in again (~25 % faster
     steps on 2 cores); memory is returned to the OS at exit instead. Process-wide; false = leave malloc alone."""
+    return_freed_memory: bool = True
+    """CPU on Linux/glibc: at the end of every iteration, when more than 256 MiB are free inside malloc's heap,
+    hand those pages back to the OS (malloc_trim), so resident memory follows what the run uses instead of
+    the high-water mark of every buffer shape it met (memory/returned_gib logs how much)."""
 
     def __post_init__(self):
         self.validate()

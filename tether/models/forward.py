@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..algo.stats import entropy_from_logits, logprobs_from_logits
+from .lm_head import fusable_head, head_returns_logprobs, mark_unfusable
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -50,13 +51,17 @@ def response_forward(
     temperature: float,
     value_head=None,
     with_entropy: bool = False,
+    fused: bool = True,
 ) -> ResponseOutput:
     """Logprobs of the last ``response_len`` tokens of ``input_ids`` under ``model``.
 
     input_ids, attention_mask: ``[B, P + T]`` — left-padded prompt then right-padded response.
     Logits at position ``i`` predict token ``i + 1``, so response token ``t`` is scored from the
     logits at ``P − 1 + t``. Logits are upcast to float32, then divided by ``temperature``, before the log-softmax. With a
-    ``value_head`` the values are read from the last hidden state at the same positions.
+    ``value_head`` the values are read from the last hidden state at the same positions. ``fused``: the LM
+    head returns the log-probs (and entropies) itself, a chunk of tokens at a time (``lm_head.py``), so no
+    ``[B, T, V]`` logits exist; where the model cannot (no plain linear head, no ``logits_to_keep``, a
+    forward that rescales logits) the full logits are used.
     """
     if is_encoder_decoder(model):
         return _encoder_decoder_forward(model, input_ids, attention_mask, response_len, temperature, value_head,
@@ -72,14 +77,33 @@ def response_forward(
         kwargs["logits_to_keep"] = torch.arange(length - response_len - 1, length - 1, device=input_ids.device)
     if value_head is not None:
         kwargs["output_hidden_states"] = True
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                use_cache=False, **kwargs)
-    logits = out.logits if "logits_to_keep" in kwargs else out.logits[:, -(response_len + 1) : -1, :]
-    logprobs, entropy = token_logprobs(logits, input_ids[:, -response_len:], temperature, with_entropy)
+    targets = input_ids[:, -response_len:]
+    head = fusable_head(model) if fused and "logits_to_keep" in kwargs else None
+    out = None
+    if head is not None:
+        with head_returns_logprobs(head, targets, temperature, with_entropy) as produced:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=False, **kwargs)
+        if produced and _same_tensor(out.logits, produced[0]):
+            logprobs = out.logits[..., 0]
+            entropy = out.logits[..., 1] if with_entropy else None
+        else:  # the model's forward changed what its head returned (scaled, capped): full logits from now on
+            mark_unfusable(model, "its forward transforms the LM head's output")
+            out = None
+    if out is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=False, **kwargs)
+        logits = out.logits if "logits_to_keep" in kwargs else out.logits[:, -(response_len + 1) : -1, :]
+        logprobs, entropy = token_logprobs(logits, targets, temperature, with_entropy)
     values = None
     if value_head is not None:
         values = value_head(out.hidden_states[-1][:, -(response_len + 1) : -1, :])
     return ResponseOutput(logprobs=logprobs, entropy=entropy, values=values)
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` is ``b`` or a view of all of it (wrappers may re-wrap outputs): same storage, shape and strides."""
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride())
 
 
 def is_encoder_decoder(model) -> bool:

@@ -24,6 +24,7 @@ from ..rewards.base import NonFiniteRewardError, RewardError, call_reward
 from ..algo import informative_groups
 from ..rollout import Rollout, SamplingParams, concat_rollouts
 from ..tracking import checkpoint_name, format_stats, latest_checkpoint, prune_checkpoints, truncate_jsonl
+from ..tracking.memory import phase_memory
 from .estimators import shape_scores
 from .faults import NumericalError
 from .persistence import DataPosition, capture_rng, fingerprint
@@ -181,7 +182,9 @@ def _train_iteration(trainer, position: DataPosition, prompts: list, token_ids: 
         position, extra = position.advanced(global_bs, len(prompts)), {}
     if batch is None:
         return None, position
+    rollout_memory = phase_memory("rollout", trainer.device)  # after sampling and scoring
     stats = trainer.ppo.learn(batch.rollout, batch.scores)
+    stats.update(rollout_memory)
     stats.update(extra)
     stats = trainer.record(stats, generate_seconds=t_gen, reward_seconds=t_reward)
     if out is not None and trainer.dist.is_main:

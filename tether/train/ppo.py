@@ -52,6 +52,7 @@ from ..algo import (
 )
 from ..config import PPOConfig
 from ..models.forward import critic_values, response_forward
+from ..tracking.memory import phase_memory
 from ..rewards.base import offset_scores_hint
 from ..rollout import Experience, Rollout
 from ..rollout.types import trim_padding_columns
@@ -109,7 +110,9 @@ class PPOLearner:
                 module.eval()
         experience, stats = self.make_experience(rollout, scores)
         stats["time/experience"] = time.perf_counter() - t0
+        stats.update(phase_memory("experience", rollout.input_ids.device))
         stats.update(self.ppo_update(experience))
+        stats.update(phase_memory("update", rollout.input_ids.device))
         self.kl_ctl.update(stats["objective/kl"], rollout.prompt_ids.shape[0] * self.dist.world_size)
         self.iteration += 1
         stats["time/step"] = time.perf_counter() - t0
@@ -133,9 +136,10 @@ class PPOLearner:
             # drop the columns that are padding in every row of this micro-batch; pad the outputs back to T
             ids, attn, t = trim_padding_columns(input_ids[rows], attention_mask[rows], mask[rows])
             with self.precision.autocast():
-                out = response_forward(self.policy, ids, attn, t, temperature, self.value_head, with_entropy=True)
+                out = response_forward(self.policy, ids, attn, t, temperature, self.value_head, with_entropy=True,
+                                       fused=self.config.fused_logprobs)
                 with self.reference() as ref:
-                    ref_out = response_forward(ref, ids, attn, t, temperature)
+                    ref_out = response_forward(ref, ids, attn, t, temperature, fused=self.config.fused_logprobs)
                 if out.values is not None:
                     row_values = out.values
                 elif self.critic is not None:
@@ -314,7 +318,7 @@ class PPOLearner:
         attention = self.precision.training_attention(self.policy, *mb.input_ids.shape)
         with self.precision.autocast(), checkpointing_active(self.policy, self.critic), attention:  # bf16 under bf16-mixed
             out = response_forward(self._train_policy, mb.input_ids, mb.attention_mask, T, mb.temperature,
-                                   self._train_value_head, with_entropy=cfg.entropy_coef > 0)
+                                   self._train_value_head, with_entropy=cfg.entropy_coef > 0, fused=cfg.fused_logprobs)
             critic_out = None
             if self.critic is not None:
                 critic_out = critic_values(self._train_critic, mb.input_ids, mb.attention_mask, T)

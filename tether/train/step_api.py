@@ -11,6 +11,7 @@ import torch
 
 from ..algo import masked_sum
 from ..compat.trl_trainer import trl_sampling_departures, trl_scores, trl_stats, trl_step_departures
+from ..tracking.memory import phase_memory
 from ..models.forward import decoder_start_id, response_forward
 from ..rewards.base import check_scores
 from .step_inputs import (as_id_list, build_rollout, check_groups, engine_logprob_rows, flatten_groups, is_text,
@@ -113,7 +114,9 @@ def step(trainer, queries: Sequence[Any], responses: Sequence[Any], scores: Sequ
     scores_t = scores_t.to(trainer.device)
     if trainer.trl_mode:  # TRL's score scaling and clipping come first: its ppo/mean_scores are of these
         scores_t = trl_scores(scores_t, trainer.config, trainer.running, trainer.dist.sum)
+    rollout_memory = phase_memory("rollout", trainer.device)  # after the caller's generation and scoring
     stats = trainer.ppo.learn(rollout, scores_t)
+    stats.update(rollout_memory)
     if trainer.lr_scheduler is not None:
         trainer.lr_scheduler.step()
     stats.update(trl_stats(stats, trainer.ppo.last_experience, [len(p) for p in prompt_ids], trainer.dist,

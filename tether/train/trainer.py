@@ -34,6 +34,7 @@ from ..compat.config import apply_trl_defaults
 from ..algo import RunningMoments
 from ..compat.trl_trainer import (Accelerator, ProgramSchedule, is_tokenizer, log_stats, make_dataloader,
                                   positional_arguments, reference_wrapper, trl_precision, trl_tracker, unwrap_models)
+from ..tracking.memory import release_free_heap
 from ..tracking.metrics import memory_stats
 from ..tracking.sinks import check_report_to, make_sinks
 from .allocator import keep_freed_memory
@@ -296,6 +297,8 @@ class PPOTrainer:
         stats["time/generate"] = generate_seconds
         stats["time/reward"] = reward_seconds
         stats["time/weight_sync"], self._sync_seconds = self._sync_seconds, 0.0
+        if self.config.return_freed_memory and self.device.type == "cpu":  # the iteration's end: a phase boundary
+            stats["memory/returned_gib"] = release_free_heap() / 2**30
         stats.update(memory_stats(self.device))
         self.last_stats = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
         if self.sink is not None and log:
