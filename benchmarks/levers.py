@@ -66,11 +66,17 @@ def minibatch_steps(trainer, experience, steps: int) -> list[float]:
 
     seconds = []
     rows = torch.arange(4)
+    stepper = trainer.ppo.stepper  # gradient release: the optimiser steps inside backward
     for _ in range(steps + 1):
         start = time.perf_counter()
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.accumulate_gradients(experience, rows)
-        trainer.optimizer.step()
+        if stepper is not None:
+            stepper.begin()
+            trainer.accumulate_gradients(experience, rows)
+            stepper.end()
+        else:
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.accumulate_gradients(experience, rows)
+            trainer.optimizer.step()
         seconds.append(time.perf_counter() - start)
         rows = (rows + 4) % 16  # the next minibatch, as an epoch walks the rollout
     return seconds[1:]

@@ -12,6 +12,8 @@ resident memory before the first step (weights and runtime); above that: AdamW s
 the update's working set:
   full-logits  ``fused_logprobs=False``: [batch, tokens, vocabulary] logits, float32 log-softmax saved
   fused        ``fused_logprobs=True`` (the default): the LM head gives log-probs a chunk of rows at a time
+  fused+release  + ``optimizer_in_backward`` (gradient release; ``max_grad_norm: null``): each parameter steps
+               and frees its gradient during backward
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from levers import minibatch_steps, synthetic_experience
 
-VARIANTS = ("full-logits", "fused")
+VARIANTS = ("full-logits", "fused", "fused+release")
 
 
 def rss_gib() -> float:
@@ -51,7 +53,8 @@ def worker(variant: str, steps: int, response: int, precision: str, result: str)
     model = load_causal_lm(path)
     config = PPOConfig(batch_size=16, mini_batch_size=4, gradient_accumulation_steps=1, ppo_epochs=4,
                        value_model="head", max_new_tokens=max(50, response), precision=precision,
-                       fused_logprobs=variant == "fused")
+                       fused_logprobs=variant != "full-logits", optimizer_in_backward=variant == "fused+release",
+                       max_grad_norm=None if variant == "fused+release" else 1.0)
     trainer = PPOTrainer(config, model, tokenizer, reward_fn=lambda p, c: [0.0] * len(c))
 
     experience = synthetic_experience(tokenizer, response)
@@ -98,9 +101,11 @@ def main() -> None:
         before = max(run["before"] for run in runs[variant])
         summary[variant] = (sum(seconds) / len(seconds), peak, peak - before)
         print(f"{variant:<12} {summary[variant][0]:>9.2f} {peak:>13.2f} {before:>10.2f} {peak - before:>12.2f}")
-    full, fused = summary["full-logits"], summary["fused"]
-    print(f"fused / full-logits: time {fused[0] / full[0]:.2f}x, peak RSS {fused[1] / full[1]:.2f}x, "
-          f"above start {fused[2] / full[2]:.2f}x ({full[1] - fused[1]:+.2f} GiB of peak saved)")
+    full = summary["full-logits"]
+    for variant in VARIANTS[1:]:
+        ours = summary[variant]
+        print(f"{variant} / full-logits: time {ours[0] / full[0]:.2f}x, peak RSS {ours[1] / full[1]:.2f}x, "
+              f"above start {ours[2] / full[2]:.2f}x ({full[1] - ours[1]:.2f} GiB of peak saved)")
 
 
 def _env() -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from tether.config import ConfigError
 from tether.demo import demo_config, gold_pairs, run_demo
-from tiny import tiny_reward_model
+from tiny import save_tiny_models
 
 
 def test_demo_defaults_are_the_packaged_models_and_valid():
@@ -37,10 +37,7 @@ def checksum_gold(prompts, completions):
 
 
 def test_demo_runs_end_to_end_on_tiny_models(tmp_path, model, tokenizer):
-    model.save_pretrained(tmp_path / "policy")
-    tokenizer.save_pretrained(tmp_path / "policy")
-    tiny_reward_model(tokenizer).save_pretrained(tmp_path / "rm")
-    tokenizer.save_pretrained(tmp_path / "rm")
+    save_tiny_models(tmp_path, model, tokenizer)
     out = tmp_path / "run"
     summary = run_demo(out, [f"policy.name_or_path={tmp_path / 'policy'}", "policy.lora.target_modules=[q_proj]",
                              f"reward_backbone={tmp_path / 'rm'}", "heldout_prompts=4", "pair_prompts=8",

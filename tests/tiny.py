@@ -80,3 +80,13 @@ def run_metrics(run):
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))} for r in rows]
+
+
+def save_tiny_models(directory, model, tokenizer):
+    """The tiny policy and a tiny reward model saved as HF directories: ``(policy_dir, reward_model_dir)``."""
+    policy, rm = directory / "policy", directory / "rm"
+    model.save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    tiny_reward_model(tokenizer).save_pretrained(rm)
+    tokenizer.save_pretrained(rm)
+    return policy, rm

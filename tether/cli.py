@@ -121,6 +121,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_study_overopt(args) -> int:
+    from .study.overopt import run_overopt
+
+    summary = run_overopt(out=Path(args.out), overrides=args.overrides, stage=args.stage)
+    print(json.dumps({name: {"proxy_accuracy": arm["proxy_accuracy"], "gold_beta": arm["gold"]["beta"],
+                             "gold_beta_ci95": arm["gold"]["beta_ci95"], "gold_bends": arm["gold"]["bends"]}
+                      for name, arm in summary["bon"].items()}, indent=2))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def cmd_rm(args) -> int:
     import random
 
@@ -336,6 +347,20 @@ def make_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     demo.add_argument("overrides", nargs="*", help="section.option=value overrides of the demo config")
     demo.set_defaults(func=cmd_demo)
+
+    study = sub.add_parser("study", help="experiments built from tether's pieces")
+    study_sub = study.add_subparsers(dest="study_command", required=True)
+    overopt = study_sub.add_parser(
+        "overopt", help="reward-model over-optimisation (Gao et al. 2022): gold vs proxy reward against KL",
+        description="Gold-labelled pairs of base samples, proxy reward models on all and on a quarter of them "
+                    "(one with flipped labels), and the best-of-n arm: gold and proxy of the best of n base "
+                    "samples by each proxy, against d = sqrt(KL), with prompt-bootstrap intervals and the fitted "
+                    "law d(alpha - beta d). Resumable: rerun the same command to continue. docs/study.md.")
+    overopt.add_argument("--out", default="runs/overopt", help="study directory (default: runs/overopt)")
+    overopt.add_argument("--stage", default="bon", choices=["bon"],
+                         help="bon: pair pool, proxies and the best-of-n arm (the pilot)")
+    overopt.add_argument("overrides", nargs="*", help="option=value overrides (pool_samples=16, rm.epochs=1)")
+    overopt.set_defaults(func=cmd_study_overopt)
 
     config = sub.add_parser("config", help="inspect configs")
     config_sub = config.add_subparsers(dest="config_command", required=True)

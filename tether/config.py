@@ -228,6 +228,11 @@ class PPOConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of storing them (policy and critic):
     less memory, ~30 % more compute; the same gradients."""
+    optimizer_in_backward: bool = False
+    """Gradient release: step the optimiser for each parameter inside the backward pass as soon as its gradient
+    is complete, then free it — no full set of gradients at the peak (4 bytes per trained parameter in fp32).
+    The same update as stepping after backward; needs max_grad_norm: null, gradient_accumulation_steps: 1
+    and one process (clipping, accumulation and DDP/FSDP2 need every gradient before any step)."""
     fused_logprobs: bool = True
     """Compute response-token log-probs (and entropies) from the LM head a chunk of tokens at a time, never
     holding [batch, tokens, vocabulary] logits (the chunk's logits are recomputed in the backward pass: one
@@ -307,6 +312,11 @@ class PPOConfig:
                 f"batch_size ({self.batch_size}) must be divisible by mini_batch_size × "
                 f"gradient_accumulation_steps ({self.micro_batch_size} × {self.accumulation_steps})"
             )
+        if self.optimizer_in_backward and (self.max_grad_norm is not None or self.accumulation_steps != 1):
+            raise ConfigError(
+                "optimizer_in_backward steps each parameter during backward, so it cannot clip the global gradient "
+                "norm or accumulate several backward passes: set max_grad_norm: null and "
+                f"gradient_accumulation_steps: 1 (now {self.max_grad_norm} and {self.accumulation_steps})")
         if self.learning_rate < 0:
             raise ConfigError(f"learning_rate must be ≥ 0, got {self.learning_rate}")
         if self.temperature <= 0:

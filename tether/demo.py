@@ -43,8 +43,8 @@ def _demo_ppo() -> PPOConfig:
 
 
 @dataclass
-class DemoConfig:
-    """The `tether demo` pipeline (override any option: `tether demo ppo.learning_rate=1e-4`)."""
+class GoldSetup:
+    """What a simulated-annotator pipeline is made of (the demo's and the over-optimisation study's)."""
 
     policy: ModelConfig = field(default_factory=lambda: ModelConfig(lora=LoraSettings(r=16, alpha=32)))
     """The policy: packaged SmolLM2-135M-Instruct, trained through LoRA adapters."""
@@ -57,6 +57,12 @@ class DemoConfig:
     (VADER compound scores saturate near ±1, where small differences are noise of its lexicon)."""
     prompts: str = "builtin:instructions"
     """Prompt set (anything `data.path` accepts)."""
+
+
+@dataclass
+class DemoConfig(GoldSetup):
+    """The `tether demo` pipeline (override any option: `tether demo ppo.learning_rate=1e-4`)."""
+
     heldout_prompts: int = 48
     """Prompts kept out of reward-model and PPO training, for the before/after evaluation."""
     pair_prompts: int = 192
@@ -91,6 +97,12 @@ class DemoConfig:
 
 def demo_config(overrides: Sequence[str] = ()) -> DemoConfig:
     """The demo's defaults with dotted overrides (``ppo.learning_rate=1e-4``) applied."""
+    return config_with_overrides(DemoConfig, overrides)
+
+
+def config_with_overrides(cls, overrides: Sequence[str] = ()):
+    """``cls``'s defaults with dotted overrides applied; a nested override (``rm.epochs=1``) changes that option
+    and keeps the section's other defaults."""
     data: dict = {}
     for text in overrides:
         keys, value = parse_override(text)
@@ -98,8 +110,7 @@ def demo_config(overrides: Sequence[str] = ()) -> DemoConfig:
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
-    defaults = to_dict(DemoConfig())
-    return from_dict(DemoConfig, _merge(defaults, data))
+    return from_dict(cls, _merge(to_dict(cls()), data))
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -59,7 +59,7 @@ from ..rollout.types import trim_padding_columns
 from .distributed import Distributed
 from .estimators import estimate_advantages, kl_in_loss, policy_loss_fn, shape_scores
 from .faults import EngineMismatchError, FaultMonitor
-from .optim import make_scheduler
+from .optim import StepInBackward, make_scheduler
 from .precision import Precision, checkpointing_active
 from .sharding import as_float
 
@@ -84,6 +84,12 @@ class PPOLearner:
         self.precision = precision or Precision("fp32", "cpu", "default")
         self.policy, self.ref_model, self.critic, self.value_head = policy, ref_model, critic, value_head
         self.optimizer = optimizer
+        self.stepper: StepInBackward | None = None
+        if config.optimizer_in_backward:
+            if dist.enabled:
+                raise ValueError("optimizer_in_backward needs one process: DDP and FSDP2 reduce the gradients after "
+                                 "backward, when gradient release has already stepped and freed them")
+            self.stepper = StepInBackward(optimizer)
         self.scheduler = None  # built at the first iteration: train() may fill in total_steps first
         if config.adaptive_kl:
             self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
@@ -249,9 +255,15 @@ class PPOLearner:
             for minibatch in order.split(cfg.backward_batch_size):
                 if self.dist.sum(experience.response_mask[minibatch].sum()).item() == 0:
                     continue  # every row left out of the loss: no gradient, and no Adam step on stale moments
-                self.optimizer.zero_grad(set_to_none=True)
-                sums = self.accumulate_gradients(experience, minibatch)
-                grad_norm = self._clip_gradients()  # of the summed gradients: equal on every process
+                if self.stepper is not None:  # gradient release: each parameter steps during backward
+                    self.stepper.begin()
+                    sums = self.accumulate_gradients(experience, minibatch)
+                    grad_norm, non_finite = self.stepper.end()
+                    grad_norm = math.nan if non_finite else grad_norm
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    sums = self.accumulate_gradients(experience, minibatch)
+                    grad_norm = self._clip_gradients()  # of the summed gradients: equal on every process
                 if self.dist.any(not (math.isfinite(sums["loss_total"]) and math.isfinite(grad_norm))):
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
@@ -259,7 +271,8 @@ class PPOLearner:
                                     f"or gradient norm ({grad_norm})")
                     continue
                 self.faults.good()
-                self.optimizer.step()
+                if self.stepper is None:
+                    self.optimizer.step()
                 self.scheduler.step()
                 for k, v in sums.items():
                     totals[k] = totals.get(k, 0.0) + v
