@@ -31,6 +31,15 @@ def test_gold_pairs_rank_every_untied_pair_of_a_prompt():
     assert [(r["chosen"], r["rejected"]) for r in rows] == [("a", "c"), ("b", "c")]  # a-b within the margin
 
 
+def test_paired_interval_of_a_known_change():
+    from tether.demo import paired_interval
+
+    before = [0.0, 1.0, 2.0, 3.0] * 10
+    assert paired_interval(before, [b + 0.5 for b in before]) == pytest.approx((0.5, 0.5))  # every pair +0.5
+    low, high = paired_interval(before, [b + (1.0 if i % 2 else 0.0) for i, b in enumerate(before)])
+    assert low < 0.5 < high and 0.3 < low and high < 0.7  # half the prompts +1: mean 0.5, sd 0.5, n = 40
+
+
 def checksum_gold(prompts, completions):
     """A deterministic annotator with few ties on random-model text."""
     return [float(sum(map(ord, c)) % 11) for c in completions]
@@ -44,6 +53,9 @@ def test_demo_runs_end_to_end_on_tiny_models(tmp_path, model, tokenizer):
                              "samples_per_prompt=3", "rm.epochs=1", "rm.max_length=64", "gold_tie_margin=0", "iterations=2",
                              "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.max_new_tokens=8",
                              "sample_batch_size=8"], gold_fn=checksum_gold)
+    low, high = summary["gold_change_ci95"]
+    assert low <= summary["gold_change"] <= high
+    assert summary["gold_change"] == pytest.approx(summary["gold_score_trained"] - summary["gold_score_base"], abs=2e-4)
     for key in ("rm_accuracy", "gold_win_rate", "gold_score_base", "gold_score_trained", "kl", "wall_seconds",
                 "peak_rss_mib"):
         assert isinstance(summary[key], float), key

@@ -138,6 +138,15 @@ def sample(trainer, prompts: Sequence[Any], batch_size: int, desc: str = "sampli
     return completions
 
 
+def paired_interval(before: Sequence[float], after: Sequence[float], rounds: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """95 % prompt-bootstrap interval of ``mean(after) − mean(before)``, resampling prompts with both their scores."""
+    from .study.laws import bootstrap
+
+    diff = torch.tensor(after, dtype=torch.float64) - torch.tensor(before, dtype=torch.float64)
+    return bootstrap(lambda rows: {"change": float(diff[rows].mean())}, len(diff), rounds, seed)["change"]
+
+
 def gold_pairs(prompts: Sequence[Any], completions: Sequence[Sequence[str]],
                gold: Sequence[Sequence[float]], tie_margin: float = 0.0) -> list[dict]:
     """Every pair of samples of the same prompt that the gold scorer ranks; pairs whose gold scores
@@ -292,6 +301,8 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
         "rm_pairs_eval": len(rm_eval_rows),
         "gold_score_base": round(_mean(gold_base), 4),
         "gold_score_trained": round(_mean(gold_trained), 4),
+        "gold_change": round(_mean(gold_trained) - _mean(gold_base), 4),
+        "gold_change_ci95": [round(x, 4) for x in paired_interval(gold_base, gold_trained)],
         "gold_win_rate": round(wins / len(held_out), 4),
         "gold_win_rate_ci95": [round(win_low, 4), round(win_high, 4)],
         "rm_score_base": round(_mean(rm_base), 4),
@@ -342,7 +353,9 @@ def write_report(path: Path, summary: dict, config: DemoConfig, prompts, base, t
         ("reward model: held-out pair accuracy vs gold", f"{summary['rm_accuracy']:.3f} "
          f"(untrained {summary['rm_accuracy_untrained']:.3f}; {summary['rm_pairs_train']} train / "
          f"{summary['rm_pairs_eval']} held-out pairs)"),
-        ("gold score, base → trained", f"{summary['gold_score_base']:.3f} → {summary['gold_score_trained']:.3f}"),
+        ("gold score, base → trained", f"{summary['gold_score_base']:.3f} → {summary['gold_score_trained']:.3f} "
+         f"(change {summary['gold_change']:+.3f}, paired 95 % interval {summary['gold_change_ci95'][0]:+.3f} to "
+         f"{summary['gold_change_ci95'][1]:+.3f})"),
         ("gold win rate, trained vs base", f"{summary['gold_win_rate']:.3f} (95 % interval "
          f"{summary['gold_win_rate_ci95'][0]:.2f}–{summary['gold_win_rate_ci95'][1]:.2f}, "
          f"{summary['heldout_prompts']} prompts)"),

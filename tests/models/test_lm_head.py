@@ -222,3 +222,46 @@ def test_lora_policy_and_its_adapters_off_reference_fuse():
         off = [response_forward(model, ids, attn, 5, 1.0, fused=f).logprobs for f in (False, True)]
     torch.testing.assert_close(off[1], off[0], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(off[0], plain_out[0], atol=1e-3)  # the adapters were really off
+
+
+def test_a_tied_embedding_gets_one_dense_gradient_buffer_and_the_same_gradient():
+    """With the lookup's gradient sparse, backward makes one [V, H] tensor fewer; the summed gradient is equal."""
+    from tests.tiny import tiny_llama, tiny_tokenizer
+    from tether.models.lm_head import sparse_tied_embedding_gradient
+
+    tokenizer = tiny_tokenizer()
+    ids, attn = _batch(len(tokenizer))
+    results = []
+    for sparse in (False, True):
+        model = tiny_llama(tokenizer, tie_word_embeddings=True)
+        assert sparse_tied_embedding_gradient(model) if sparse else True
+        shape = tuple(model.get_input_embeddings().weight.shape)
+
+        class CountWeightSized(TorchDispatchMode):
+            made = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else [out]:
+                    if isinstance(t, torch.Tensor) and tuple(t.shape) == shape and not t.is_sparse:
+                        type(self).made += 1
+                return out
+
+        with CountWeightSized():
+            grads = _model_grads(model, True, ids, attn, 5)[2]
+        assert not model.get_input_embeddings().weight.grad.is_sparse  # dense for the optimiser
+        results.append((CountWeightSized.made, grads))
+    (dense_made, dense_grads), (sparse_made, sparse_grads) = results
+    assert sparse_made < dense_made
+    for name in dense_grads:
+        torch.testing.assert_close(sparse_grads[name], dense_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_only_tied_trained_embeddings_are_made_sparse():
+    from tests.tiny import tiny_llama, tiny_tokenizer
+    from tether.models.lm_head import sparse_tied_embedding_gradient
+
+    tokenizer = tiny_tokenizer()
+    assert not sparse_tied_embedding_gradient(tiny_llama(tokenizer))  # untied: its gradient must stay dense
+    frozen = tiny_llama(tokenizer, tie_word_embeddings=True).requires_grad_(False)
+    assert not sparse_tied_embedding_gradient(frozen)

@@ -241,7 +241,7 @@ def run_overopt(out: str | Path, overrides: list[str] | tuple[str, ...] = (), go
             path = resolve_model(config.policy.name_or_path)
             tokenizer = load_tokenizer(path, config.policy.gguf_file, config.policy.trust_remote_code)
             model = load_causal_lm(path, config.policy.gguf_file, config.policy.dtype,
-                                   config.policy.trust_remote_code, config.policy.lora)
+                                   config.policy.trust_remote_code, None)  # samples of the base: no adapters
             ppo = PPOConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
                             batch_size=16, mini_batch_size=16)
             sampler = PPOTrainer(ppo, model, tokenizer, engine=config.rollout)
