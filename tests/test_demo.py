@@ -17,6 +17,17 @@ def test_demo_defaults_are_the_packaged_models_and_valid():
     assert demo_config(["ppo.learning_rate=3e-5", "rm.epochs=1"]).ppo.learning_rate == 3e-5
 
 
+def test_demo_split_evaluates_128_held_out_prompts_and_fills_every_batch():
+    from tether.data.prompts import load_prompts
+
+    config = demo_config()
+    prompts = load_prompts(config.prompts)
+    assert config.heldout_prompts >= 128
+    train = len(prompts) - config.heldout_prompts
+    assert train >= config.pair_prompts and train % config.ppo.batch_size == 0  # no prompt skipped by PPO
+    assert train // config.ppo.batch_size >= config.iterations
+
+
 def test_demo_overrides_are_checked():
     with pytest.raises(ConfigError, match="did you mean 'iterations'"):
         demo_config(["iteration=3"])

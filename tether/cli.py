@@ -124,10 +124,14 @@ def cmd_demo(args) -> int:
 def cmd_study_overopt(args) -> int:
     from .study.overopt import run_overopt
 
-    summary = run_overopt(out=Path(args.out), overrides=args.overrides, stage=args.stage)
-    print(json.dumps({name: {"proxy_accuracy": arm["proxy_accuracy"], "gold_beta": arm["gold"]["beta"],
-                             "gold_beta_ci95": arm["gold"]["beta_ci95"], "gold_bends": arm["gold"]["bends"]}
-                      for name, arm in summary["bon"].items()}, indent=2))
+    summary = run_overopt(out=Path(args.out), overrides=args.overrides, stage=args.stage, minutes=args.minutes)
+    brief = {"best_of_n": {name: {"proxy_accuracy": arm["proxy_accuracy"], "gold_beta": arm["gold"]["beta"],
+                                  "gold_beta_ci95": arm["gold"]["beta_ci95"], "gold_bends": arm["gold"]["bends"]}
+                           for name, arm in summary["bon"].items()},
+             "rl": {name: {"d_end": arm["d"][-1], "gold": arm["gold"]["R"], "proxy": arm["proxy"]["R"],
+                           "gold_falls": arm["gold"]["falls"]} for name, arm in summary["rl"].items()},
+             "wall_minutes": round(summary["wall_seconds"] / 60, 1)}
+    print(json.dumps(brief, indent=2))
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
@@ -353,12 +357,18 @@ def make_parser() -> argparse.ArgumentParser:
     overopt = study_sub.add_parser(
         "overopt", help="reward-model over-optimisation (Gao et al. 2022): gold vs proxy reward against KL",
         description="Gold-labelled pairs of base samples, proxy reward models on all and on a quarter of them "
-                    "(one with flipped labels), and the best-of-n arm: gold and proxy of the best of n base "
-                    "samples by each proxy, against d = sqrt(KL), with prompt-bootstrap intervals and the fitted "
-                    "law d(alpha - beta d). Resumable: rerun the same command to continue. docs/study.md.")
+                    "(one with flipped labels), a best-of-n arm (gold and proxy of the best of n base samples by "
+                    "each proxy) and RL arms (PPO against a proxy with no KL penalty, evaluated at fixed points), "
+                    "against d = sqrt(KL), with prompt-bootstrap intervals and the fitted laws d(alpha - beta d) "
+                    "and d(alpha - beta ln d). About 60 minutes on 2 AVX2 cores. Resumable: rerun the same "
+                    "command to continue. docs/study.md.")
     overopt.add_argument("--out", default="runs/overopt", help="study directory (default: runs/overopt)")
-    overopt.add_argument("--stage", default="bon", choices=["bon"],
-                         help="bon: pair pool, proxies and the best-of-n arm (the pilot)")
+    overopt.add_argument("--stage", default="all", choices=["bon", "all"],
+                         help="bon: pair pool, proxies and the best-of-n arm only (the pilot); all (default): and "
+                              "the RL arms")
+    overopt.add_argument("--minutes", type=float, default=None,
+                         help="scale the study's sizes to about this many minutes (the defaults: about 60 on 2 "
+                              "AVX2 cores); option=value overrides apply on top")
     overopt.add_argument("overrides", nargs="*", help="option=value overrides (pool_samples=16, rm.epochs=1)")
     overopt.set_defaults(func=cmd_study_overopt)
 

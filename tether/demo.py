@@ -63,8 +63,12 @@ class GoldSetup:
 class DemoConfig(GoldSetup):
     """The `tether demo` pipeline (override any option: `tether demo ppo.learning_rate=1e-4`)."""
 
-    heldout_prompts: int = 48
-    """Prompts kept out of reward-model and PPO training, for the before/after evaluation."""
+    prompts: str = "builtin:instructions+everyday"
+    """Prompt set (anything `data.path` accepts): the hand-made instructions and the templated everyday set,
+    640 prompts, so 128 held out leave 512 (32 full batches) for the pairs and PPO."""
+    heldout_prompts: int = 128
+    """Prompts kept out of reward-model and PPO training, for the before/after evaluation (mean gold with a
+    paired bootstrap interval, win rate with ties as half)."""
     pair_prompts: int = 192
     """Training prompts sampled for the annotator's preference pairs."""
     samples_per_prompt: int = 4

@@ -41,6 +41,15 @@ def test_hf_dataset_and_builtin(tmp_path):
         load_prompts("builtin:nope")
 
 
+def test_builtin_sets_join_and_do_not_overlap():
+    instructions, everyday = load_prompts("builtin:instructions"), load_prompts("builtin:everyday")
+    joined = load_prompts("builtin:instructions+everyday")
+    assert joined == instructions + everyday and len(joined) >= 128 + 192 + 16  # the demo's split fits
+    assert not set(instructions) & set(everyday) and len(set(joined)) == len(joined)
+    with pytest.raises(DataError, match="builtin:nope: no such built-in prompt set"):
+        load_prompts("builtin:instructions+nope")
+
+
 def test_chat_template_is_applied_to_strings(tokenizer):
     text, templated = render_prompt("hello", tokenizer)
     assert templated and text == "<|bos|>user: hello<|eos|><|bos|>assistant: "

@@ -77,3 +77,14 @@ def test_no_pad_and_no_eos_is_a_clear_error():
     tok.pad_token, tok.eos_token = None, None
     with pytest.raises(ValueError, match="neither a pad token nor an EOS"):
         prepare_tokenizer(tok)
+
+
+def test_relative_path_objects_load_and_missing_ones_are_named(saved, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    model = load_causal_lm(Path("m"))
+    tokenizer = load_tokenizer(Path("m"))
+    assert model.config.vocab_size >= len(tokenizer) - 8
+    with pytest.raises(FileNotFoundError, match="missing/model: no such file or directory"):
+        load_causal_lm(Path("missing/model"))

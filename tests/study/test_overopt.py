@@ -54,8 +54,8 @@ def test_the_best_of_n_arm_runs_end_to_end_and_resumes(tmp_path, model, tokenize
                  f"reward_backbone={tmp_path / 'rm'}", "heldout_prompts=6", "pool_samples=4", "pair_prompts=8",
                  "samples_per_prompt=3", "rm.epochs=1", "rm.max_length=64", "gold_tie_margin=0",
                  "max_new_tokens=6", "sample_batch_size=5", "bootstrap_rounds=50"]
-    summary = run_overopt(out, overrides, gold_fn=checksum_gold)
-    assert set(summary["bon"]) == {"all", "quarter", "quarter-noise"}
+    summary = run_overopt(out, overrides, gold_fn=checksum_gold, stage="bon")
+    assert set(summary["bon"]) == {"all", "quarter", "quarter-noise"} and summary["rl"] == {}
     for arm in summary["bon"].values():
         assert len(arm["gold"]["R"]) == 4 and arm["gold"]["R"][0] == 0 and len(arm["d"]) == 4
         assert all(low <= high for low, high in arm["gold"]["R_ci95"])
@@ -70,6 +70,42 @@ def test_the_best_of_n_arm_runs_end_to_end_and_resumes(tmp_path, model, tokenize
     (out / "bon/samples.jsonl").write_text("\n".join(samples[:10]) + "\n")  # two chunks of 5 were written
     (out / "bon/scores.json").unlink()
     (out / "summary.json").unlink()
-    again = run_overopt(out, overrides, gold_fn=checksum_gold)
+    again = run_overopt(out, overrides, gold_fn=checksum_gold, stage="bon")
     assert (out / "bon/samples.jsonl").read_text().splitlines() == samples
     assert again["bon"]["all"]["gold"]["R"] == summary["bon"]["all"]["gold"]["R"]
+
+
+def test_the_rl_arms_run_end_to_end_and_a_killed_arm_ends_as_an_uninterrupted_one(tmp_path, model, tokenizer):
+    save_tiny_models(tmp_path, model, tokenizer)
+    out = tmp_path / "study"
+    overrides = [f"policy.name_or_path={tmp_path / 'policy'}", "policy.lora.target_modules=[q_proj]",
+                 f"reward_backbone={tmp_path / 'rm'}", "heldout_prompts=4", "pool_samples=3", "pair_prompts=8",
+                 "samples_per_prompt=3", "rm.epochs=1", "rm.max_length=64", "gold_tie_margin=0",
+                 "max_new_tokens=5", "sample_batch_size=8", "bootstrap_rounds=40", "proxies=[{name: all}, "
+                 "{name: half, data_fraction: 0.5}]", "rl_proxies=[half]", "rl_iterations=3", "rl_eval_every=1",
+                 "rl_eval_samples=2", "ppo.batch_size=4", "ppo.mini_batch_size=2"]
+    summary = run_overopt(out, overrides, gold_fn=checksum_gold)
+    assert summary["stage"] == "all" and set(summary["rl"]) == {"half"}
+    arm = summary["rl"]["half"]
+    assert arm["iteration"] == [1, 2, 3] and len(arm["d"]) == 3 and len(arm["gold"]["R"]) == 3
+    assert [row["iteration"] for row in arm["train"]] == [1, 2, 3]  # the gold of every training batch
+    assert all(d >= 0 for d in arm["d"]) and isinstance(arm["gold"]["falls"], bool)
+    for name in ("rl.png", "rl/half/eval-3.json", "rl/half/metrics.jsonl", "rl/half/final"):
+        assert (out / name).exists(), name
+    assert "## RL (PPO, no KL penalty)" in (out / "report.md").read_text()
+    evaluation = json.loads((out / "rl/half/eval-3.json").read_text())
+    assert len(evaluation["completion"]) == 8 and evaluation["prompt"] == [0, 0, 1, 1, 2, 2, 3, 3]
+    # killed during iteration 3: its checkpoint and evaluation are gone; the rerun resumes from iteration 2
+    # (data order, RNG streams, optimiser) and draws the same evaluation samples
+    import shutil
+
+    (out / "rl/half/eval-3.json").unlink()
+    for checkpoint in (out / "rl/half/checkpoints").glob("step-000003"):
+        shutil.rmtree(checkpoint)
+    assert any((out / "rl/half/checkpoints").glob("step-000002"))
+    again = run_overopt(out, overrides, gold_fn=checksum_gold)
+    assert json.loads((out / "rl/half/eval-3.json").read_text()) == evaluation
+    assert again["rl"]["half"]["gold"]["R"] == arm["gold"]["R"]
+    # the same directory with other prompts refuses instead of mixing caches
+    with pytest.raises(ConfigError, match="other prompts or sampling options"):
+        run_overopt(out, overrides + ["heldout_prompts=5"], gold_fn=checksum_gold)

@@ -87,13 +87,15 @@ def read_table(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def load_prompts(source: Any, field: str = "prompt", formatter: Callable[[dict], Any] | None = None) -> list[Any]:
-    """Prompts from ``builtin:NAME`` (sets shipped with tether), a JSONL / CSV / Parquet file, a
+    """Prompts from ``builtin:NAME`` (sets shipped with tether; ``builtin:A+B`` joins sets), a JSONL / CSV / Parquet file, a
     ``datasets`` directory saved with ``save_to_disk``, a HF ``datasets.Dataset``, or a list of
     strings / message lists.
 
     ``formatter``: builds the prompt from a whole row (``fn(row: dict) -> str | messages``) instead of
     reading ``field``, e.g. ``lambda r: f"Summarise:\\n{r['article']}"``.
     """
+    if isinstance(source, str) and source.startswith("builtin:") and "+" in source:
+        return [p for name in source.split(":", 1)[1].split("+") for p in load_prompts(f"builtin:{name}", field, formatter)]
     if isinstance(source, str) and source.startswith("builtin:"):
         path = Path(__file__).parent / "builtin" / f"{source.split(':', 1)[1]}.jsonl"
         if not path.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -59,10 +60,20 @@ def from_pretrained_safely(auto_class, name_or_path: str, **kwargs):
 MODEL_MARKERS = ("config.json", "adapter_config.json", "tokenizer_config.json", "tokenizer.json")
 
 
-def check_model_source(name_or_path: str, gguf_file: str | None = None) -> None:
+def _local_name(name_or_path: str | os.PathLike) -> str:
+    """A ``Path`` is always a local path: spell a relative one ``./x`` so it is never taken for a Hub id."""
+    if not isinstance(name_or_path, os.PathLike):
+        return name_or_path
+    name = os.fspath(name_or_path)
+    return name if name.startswith((".", "~", "/")) else "./" + name
+
+
+def check_model_source(name_or_path: str | os.PathLike, gguf_file: str | None = None) -> None:
     """Fail early, naming the path, when a local model path does not exist or holds no model.
 
-    A name that looks like a Hub id (``org/name``) and is not a local path is left to transformers."""
+    A name that looks like a Hub id (``org/name``) and is not a local path is left to transformers.
+    ``Path`` objects (relative or absolute) are local paths."""
+    name_or_path = _local_name(name_or_path)
     path = Path(name_or_path).expanduser()
     local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists() or name_or_path.count("/") > 1
     if not local:
@@ -83,8 +94,9 @@ def check_model_source(name_or_path: str, gguf_file: str | None = None) -> None:
                                 f"{MODEL_MARKERS[1]} or a .gguf file)")
 
 
-def _split_gguf(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
-    """Accept ``dir`` + ``gguf_file``, or a direct path to a ``.gguf`` file."""
+def _split_gguf(name_or_path: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None]:
+    """Accept ``dir`` + ``gguf_file``, or a direct path to a ``.gguf`` file (``str`` or ``Path``)."""
+    name_or_path = _local_name(name_or_path)
     if gguf_file is None and name_or_path.endswith(".gguf"):
         path = Path(name_or_path)
         return str(path.parent), path.name

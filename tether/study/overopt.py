@@ -2,16 +2,18 @@
 
 A gold scorer (VADER, as in the demo) labels pairs of base-policy samples; proxy reward models learn from all
 of them and from a quarter (optionally with flipped labels); then the policy is optimised against each proxy
-and gold and proxy are followed as the policy moves away from its start (d = √KL). This module builds the
-**best-of-n arm** (the pilot: does this gold bend at all?):
+and gold and proxy are followed as the policy moves away from its start (d = √KL):
 
   1. pair pool     ``pair_prompts × samples_per_prompt`` base samples, gold-labelled (``pool/``)
   2. proxies       one reward model per variant, each with its held-out pair accuracy against gold (``proxies/``)
   3. best-of-n     ``heldout_prompts × pool_samples`` base samples of held-out prompts scored by gold and every
                    proxy; for n = 1 … pool_samples the unbiased best-of-n estimate of gold and proxy, at
                    d = √(log n − (n−1)/n) (``bon/``)
-  4. report        ``report.md``, ``bon.png``, ``summary.json``: curves with 95 % prompt-bootstrap intervals, the
-                   fitted R(d) = d(α − βd) with intervals of α, β and d*, and the verdict on curvature.
+  4. RL arms       PPO with no KL penalty against each of ``rl_proxies``, evaluated every ``rl_eval_every``
+                   iterations on the held-out prompts (``rl/NAME/``, ``study/rl_arm.py``)
+  5. report        ``report.md``, ``bon.png``, ``rl.png``, ``summary.json``: curves with 95 % prompt-bootstrap
+                   intervals, the fitted R(d) = d(α − βd) (best-of-n) and d(α − β ln d) (RL) with intervals of α,
+                   β and d*, and a verdict per proxy. ``--stage bon`` stops after 3 (the pilot: does gold bend?).
 
 Every stage writes its results before the next starts and is skipped when they exist; sampling is cached in
 chunks with per-chunk seeds, so a killed run continues where it stopped with the same samples.
@@ -19,6 +21,7 @@ chunks with per-chunk seeds, so a killed run continues where it stopped with the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -29,9 +32,12 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, RewardConfig, RolloutConfig, to_dict
+from ..config import ConfigError, PPOConfig, RewardConfig, RolloutConfig, to_dict
 from ..demo import GoldSetup, config_with_overrides
-from .laws import best_of_n, bootstrap, fit_law, kl_best_of_n, law, peak, r_squared
+from ..tracking.metrics import hardware_description
+from .laws import best_of_n, bootstrap, fit_law, kl_best_of_n, peak, r_squared
+from .report import plot_bon, plot_rl, write_report
+from .rl_arm import GoldLog, analyse_rl, eval_points, run_rl_arm
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,17 @@ class ProxySpec:
 
 def _default_proxies() -> list[ProxySpec]:
     return [ProxySpec("all"), ProxySpec("quarter", 0.25), ProxySpec("quarter-noise", 0.25, 0.25)]
+
+
+def _study_ppo() -> PPOConfig:
+    # the demo's PPO (LoRA adapters, value head) with Gao et al.'s setting: no KL penalty
+    return PPOConfig(batch_size=16, mini_batch_size=8, gradient_accumulation_steps=1, ppo_epochs=2,
+                     learning_rate=3e-4, critic_learning_rate=1e-3, value_model="head", kl_coef=0.0)
+
+
+STAGES = ("bon", "all")
+DEFAULT_MINUTES = 60.0
+"""What the default sizes take on a 2-core AVX2 CPU (fp32); ``--minutes`` scales the sizes from there."""
 
 
 @dataclass
@@ -80,6 +97,17 @@ class OveroptConfig(GoldSetup):
     """Seed of the prompt split, sampling and label noise."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """The sampling engine (hf or vllm)."""
+    rl_proxies: list[str] = field(default_factory=lambda: ["all", "quarter"])
+    """Proxies the RL arms optimise against (names from ``proxies``; one PPO run each)."""
+    rl_iterations: int = 30
+    """PPO iterations per RL arm (a multiple of rl_eval_every)."""
+    rl_eval_every: int = 6
+    """An RL arm is evaluated (and checkpointed) after every this many iterations."""
+    rl_eval_samples: int = 4
+    """Samples per held-out prompt at every RL evaluation point."""
+    ppo: PPOConfig = field(default_factory=_study_ppo)
+    """PPO of the RL arms (kl_coef 0: Gao et al.'s main setting); its temperature, max_new_tokens and seed are
+    the study's."""
 
     def __post_init__(self):
         self.proxies = [p if isinstance(p, ProxySpec) else ProxySpec(**p) for p in self.proxies]
@@ -94,15 +122,40 @@ class OveroptConfig(GoldSetup):
         names = [p.name for p in self.proxies]
         if len(set(names)) != len(names):
             raise ConfigError(f"proxies: names must differ, got {names}")
+        unknown = [n for n in self.rl_proxies if n not in names]
+        if unknown:
+            raise ConfigError(f"rl_proxies: {unknown} not among the proxies {names}")
+        try:
+            eval_points(self.rl_iterations, self.rl_eval_every)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if self.rl_eval_samples < 1:
+            raise ConfigError(f"rl_eval_samples must be >= 1, got {self.rl_eval_samples}")
         for p in self.proxies:
             if not 0 < p.data_fraction <= 1 or not 0 <= p.label_noise < 0.5:
                 raise ConfigError(f"proxy {p.name!r}: data_fraction must be in (0, 1] and label_noise in [0, 0.5), "
                                   f"got {p.data_fraction} and {p.label_noise}")
 
 
-def overopt_config(overrides: list[str] | tuple[str, ...] = ()) -> OveroptConfig:
-    """The study's defaults with dotted overrides (``pool_samples=16``, ``rm.epochs=1``) applied."""
-    return config_with_overrides(OveroptConfig, overrides)
+def scaled_sizes(minutes: float) -> list[str]:
+    """Overrides that scale the default study to about ``minutes`` (the defaults take ``DEFAULT_MINUTES`` on a
+    2-core AVX2 CPU): held-out prompts, pair prompts and RL iterations shrink or grow with the budget; the best-of-n
+    range (pool_samples) and the samples per evaluation stay, so every point keeps its resolution."""
+    if minutes <= 0:
+        raise ConfigError(f"--minutes must be > 0, got {minutes}")
+    base = OveroptConfig()
+    factor = minutes / DEFAULT_MINUTES
+    every = max(1, round(base.rl_eval_every * min(1.0, factor)))
+    points = max(3, round(base.rl_iterations * factor / every))
+    return [f"heldout_prompts={max(16, round(base.heldout_prompts * factor))}",
+            f"pair_prompts={max(32, round(base.pair_prompts * factor))}",
+            f"rl_eval_every={every}", f"rl_iterations={every * points}"]
+
+
+def overopt_config(overrides: list[str] | tuple[str, ...] = (), minutes: float | None = None) -> OveroptConfig:
+    """The study's defaults (scaled to ``minutes`` if given) with dotted overrides (``pool_samples=16``,
+    ``rm.epochs=1``) applied on top."""
+    return config_with_overrides(OveroptConfig, (scaled_sizes(minutes) if minutes else []) + list(overrides))
 
 
 # ---------------------------------------------------------------- cached stages
@@ -200,10 +253,14 @@ def analyse_bon(proxy: torch.Tensor, gold: torch.Tensor, rounds: int, seed: int 
 
 
 def run_overopt(out: str | Path, overrides: list[str] | tuple[str, ...] = (), gold_fn=None,
-                stage: str = "bon") -> dict:
-    """Run the study's best-of-n arm into ``out`` (resumable); returns the summary (also ``summary.json``)."""
-    if stage != "bon":
-        raise ConfigError(f"--stage {stage!r}: this version runs the best-of-n arm (--stage bon)")
+                stage: str = "all", minutes: float | None = None) -> dict:
+    """Run the study into ``out`` (resumable: rerun to continue); returns the summary (also ``summary.json``).
+
+    stage: ``all`` (best-of-n and RL arms) or ``bon`` (the pilot: pair pool, proxies, best-of-n). minutes: scale
+    the default sizes to about this many minutes (``scaled_sizes``); ``overrides`` apply on top. ``gold_fn``: an
+    annotator ``fn(prompts, completions) -> scores`` instead of the built-in rule named by ``gold``."""
+    if stage not in STAGES:
+        raise ConfigError(f"--stage {stage!r}: choose one of {list(STAGES)}")
     from transformers import AutoTokenizer
 
     from ..assets import resolve_model
@@ -217,10 +274,12 @@ def run_overopt(out: str | Path, overrides: list[str] | tuple[str, ...] = (), go
     import yaml
 
     start = time.perf_counter()
-    config = overopt_config(overrides)
+    config = overopt_config(overrides, minutes)
+    config.ppo.temperature, config.ppo.max_new_tokens, config.ppo.seed = (config.temperature, config.max_new_tokens,
+                                                                         config.seed)
+    config.ppo.total_steps = config.rl_iterations  # a schedule spans the arm, not one segment between evaluations
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     gold = gold_fn if gold_fn is not None else make_rule(config.gold)
 
     # 0. prompts, split once (held-out first: never in a pair) --------------------------------------
@@ -230,6 +289,9 @@ def run_overopt(out: str | Path, overrides: list[str] | tuple[str, ...] = (), go
     if len(prompts) < need:
         raise ConfigError(f"{config.prompts}: {len(prompts)} prompts, but heldout_prompts + pair_prompts = {need}")
     held_out, pair_prompts = prompts[:config.heldout_prompts], prompts[config.heldout_prompts:need]
+    rl_prompts = prompts[config.heldout_prompts:]  # PPO sees every prompt but the held-out ones
+    _check_same_study(out, config, held_out, pair_prompts)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     # 1-3 need samples of the base policy: loaded once, lazily (a finished run reloads nothing)
     sampler = None
@@ -251,7 +313,7 @@ def run_overopt(out: str | Path, overrides: list[str] | tuple[str, ...] = (), go
     k = config.samples_per_prompt
     pairs_file = out / "pool" / "pairs.json"
     if not pairs_file.exists():
-        logger.info("[1/4] pair pool: %d prompts x %d base samples, gold-labelled", len(pair_prompts), k)
+        logger.info("[1/5] pair pool: %d prompts x %d base samples, gold-labelled", len(pair_prompts), k)
         flat_prompts = [p for p in pair_prompts for _ in range(k)]
         flat = cached_samples(policy(), flat_prompts, out / "pool" / "samples.jsonl", config.sample_batch_size,
                               config.seed + 1000, "pair samples")
@@ -276,7 +338,7 @@ def run_overopt(out: str | Path, overrides: list[str] | tuple[str, ...] = (), go
         info_file = directory / "study.json"
         if not info_file.exists():
             rows = noisy_subset(pool["train"], spec, config.seed)
-            logger.info("[2/4] proxy %r: %d of %d training pairs, %.0f %% labels flipped", spec.name, len(rows),
+            logger.info("[2/5] proxy %r: %d of %d training pairs, %.0f %% labels flipped", spec.name, len(rows),
                         len(pool["train"]), 100 * spec.label_noise)
             torch.manual_seed(config.rm.seed + spec.seed)
             rm = RewardTrainer(config.rm, load_reward_backbone(rm_path), AutoTokenizer.from_pretrained(rm_path), rows,
@@ -289,94 +351,88 @@ def run_overopt(out: str | Path, overrides: list[str] | tuple[str, ...] = (), go
         proxies[spec.name] = json.loads(info_file.read_text())
         logger.info("      proxy %r: held-out pair accuracy against gold %.3f", spec.name, proxies[spec.name]["accuracy"])
 
+    def proxy_scorer(name: str) -> RewardModelScorer:
+        model_dir = out / "proxies" / name
+        return RewardModelScorer(load_reward_backbone(model_dir), AutoTokenizer.from_pretrained(model_dir),
+                                 max_length=config.rm.max_length, shift=proxies[name]["shift"],
+                                 scale=proxies[name]["scale"])
+
     # 3. best-of-n pool --------------------------------------------------------------------------
     K = config.pool_samples
     pool_prompts = [p for p in held_out for _ in range(K)]
     scores_file = out / "bon" / "scores.json"
     if not scores_file.exists():
-        logger.info("[3/4] best-of-n pool: %d held-out prompts x %d base samples", len(held_out), K)
+        logger.info("[3/5] best-of-n pool: %d held-out prompts x %d base samples", len(held_out), K)
         texts = cached_samples(policy(), pool_prompts, out / "bon" / "samples.jsonl", config.sample_batch_size,
                                config.seed + 2000, "best-of-n pool")
         scores = {"gold": [float(x) for x in gold(pool_prompts, texts)]}
         for spec in config.proxies:
-            model_dir = out / "proxies" / spec.name
-            scorer = RewardModelScorer(load_reward_backbone(model_dir), AutoTokenizer.from_pretrained(model_dir),
-                                       max_length=config.rm.max_length, shift=proxies[spec.name]["shift"],
-                                       scale=proxies[spec.name]["scale"])
-            scores[spec.name] = [float(x) for x in scorer(pool_prompts, texts)]
+            scores[spec.name] = [float(x) for x in proxy_scorer(spec.name)(pool_prompts, texts)]
         scores_file.write_text(json.dumps(scores))
     scores = json.loads(scores_file.read_text())
     if sampler is not None:
         sampler.close()
 
-    # 4. analysis and report ----------------------------------------------------------------------
-    logger.info("[4/4] best-of-n curves, fits and %d-round prompt bootstrap", config.bootstrap_rounds)
     gold_matrix = torch.tensor(scores["gold"], dtype=torch.float64).view(len(held_out), K)
+    proxy_matrices = {spec.name: torch.tensor(scores[spec.name], dtype=torch.float64).view(len(held_out), K)
+                      for spec in config.proxies}
+
+    # 4. RL arms ---------------------------------------------------------------------------------
+    rl: dict[str, dict] = {}
+    if stage == "all":
+        path = resolve_model(config.policy.name_or_path)
+
+        def make_trainer() -> PPOTrainer:
+            torch.manual_seed(config.seed)  # the same adapters and value head in every arm
+            tokenizer = load_tokenizer(path, config.policy.gguf_file, config.policy.trust_remote_code)
+            model = load_causal_lm(path, config.policy.gguf_file, config.policy.dtype,
+                                   config.policy.trust_remote_code, config.policy.lora)
+            return PPOTrainer(config.ppo, model, tokenizer, engine=config.rollout)
+
+        for a, name in enumerate(config.rl_proxies):
+            logger.info("[4/5] RL arm %d/%d: PPO against proxy %r, %d iterations (no KL penalty), evaluated at "
+                        "iterations %s", a + 1, len(config.rl_proxies), name, config.rl_iterations,
+                        eval_points(config.rl_iterations, config.rl_eval_every))
+            points = run_rl_arm(out / "rl" / name, make_trainer, proxy_scorer(name), gold, rl_prompts, held_out,
+                                iterations=config.rl_iterations, every=config.rl_eval_every,
+                                samples=config.rl_eval_samples, batch_size=config.sample_batch_size,
+                                seed=config.seed + 3000)
+            rl[name] = {"proxy_accuracy": proxies[name]["accuracy"],
+                        **analyse_rl(points, gold_matrix.mean(1), proxy_matrices[name].mean(1),
+                                     config.bootstrap_rounds, config.seed),
+                        "train": GoldLog.read(out / "rl" / name / "iterations.jsonl", config.rl_iterations)}
+            logger.info("      proxy %r: d %.2f at the end; gold %+.3f (best %+.3f at iteration %d), proxy %+.3f",
+                        name, rl[name]["d"][-1], rl[name]["gold"]["R"][-1], max(rl[name]["gold"]["R"]),
+                        rl[name]["gold"]["best_iteration"], rl[name]["proxy"]["R"][-1])
+
+    # 5. analysis and report ----------------------------------------------------------------------
+    logger.info("[5/5] best-of-n curves, fits and %d-round prompt bootstrap", config.bootstrap_rounds)
     arms = {}
     for spec in config.proxies:
-        proxy_matrix = torch.tensor(scores[spec.name], dtype=torch.float64).view(len(held_out), K)
         arms[spec.name] = {"proxy_accuracy": proxies[spec.name]["accuracy"], "pairs": proxies[spec.name]["pairs"],
                            "data_fraction": spec.data_fraction, "label_noise": spec.label_noise,
-                           **analyse_bon(proxy_matrix, gold_matrix, config.bootstrap_rounds, config.seed)}
-    summary = {"stage": "bon", "heldout_prompts": len(held_out), "pool_samples": K,
-               "gold_base_mean": float(gold_matrix.mean()), "bon": arms,
+                           **analyse_bon(proxy_matrices[spec.name], gold_matrix, config.bootstrap_rounds, config.seed)}
+    summary = {"stage": stage, "heldout_prompts": len(held_out), "pool_samples": K,
+               "gold_base_mean": float(gold_matrix.mean()), "bon": arms, "rl": rl,
+               "hardware": hardware_description(torch.device("cpu")),
                "wall_seconds": round(time.perf_counter() - start, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_bon(out / "bon.png", arms)
-    write_bon_report(out / "report.md", summary, config)
+    if rl:
+        plot_rl(out / "rl.png", rl)
+    write_report(out / "report.md", summary, config)
     return summary
 
 
-def plot_bon(path: Path, arms: dict) -> None:
-    """Gold and proxy best-of-n curves against d, one panel per proxy, with 95 % bands and the fitted gold law."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(arms), figsize=(4.5 * len(arms), 3.6), squeeze=False)
-    for ax, (name, arm) in zip(axes[0], arms.items()):
-        d = torch.tensor(arm["d"])
-        for key, colour in (("proxy", "tab:blue"), ("gold", "tab:orange")):
-            low, high = zip(*arm[key]["R_ci95"])
-            ax.plot(d, arm[key]["R"], color=colour, label=f"{key} (best-of-n)")
-            ax.fill_between(d, low, high, color=colour, alpha=0.2)
-        fine = torch.linspace(0, float(d.max()), 100)
-        ax.plot(fine, law(fine, arm["gold"]["alpha"], arm["gold"]["beta"], "bon"), "--", color="tab:orange",
-                label="gold fit d(α − βd)")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set_title(f"proxy '{name}' (accuracy {arm['proxy_accuracy']:.2f})")
-        ax.set_xlabel("d = √KL (nats^½)")
-        ax.set_ylabel("score − base")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _interval(pair) -> str:
-    return "—" if pair is None else f"[{pair[0]:.3f}, {pair[1]:.3f}]"
-
-
-def write_bon_report(path: Path, summary: dict, config: OveroptConfig) -> None:
-    lines = ["# Reward-model over-optimisation: best-of-n arm", "",
-             f"{summary['heldout_prompts']} held-out prompts × {summary['pool_samples']} base samples (temperature "
-             f"{config.temperature}, {config.max_new_tokens} tokens), gold = {config.gold}, every interval a 95 % "
-             f"prompt bootstrap ({config.bootstrap_rounds} resamples). Gold and proxy are re-centred on the base "
-             f"policy (n = 1); d = √(log n − (n−1)/n).", "",
-             "| proxy | pairs | accuracy vs gold | gold α | gold β | gold d* | gold R² | proxy β | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, arm in summary["bon"].items():
-        g, p = arm["gold"], arm["proxy"]
-        d_star = "none (β ≤ 0)" if g["d_star"] is None else f"{g['d_star']:.2f} {_interval(g['d_star_ci95'])}"
-        verdict = ("gold bends (β > 0)" if g["bends"] else "no curvature: β's interval includes 0")
-        lines.append(f"| {name} | {arm['pairs']} | {arm['proxy_accuracy']:.3f} | {g['alpha']:.3f} "
-                     f"{_interval(g['alpha_ci95'])} | {g['beta']:.3f} {_interval(g['beta_ci95'])} | {d_star} | "
-                     f"{g['r_squared']:.2f} | {p['beta']:.3f} {_interval(p['beta_ci95'])} | {verdict} |")
-    d_max = max(arm["d"][-1] for arm in summary["bon"].values())
-    bending = [n for n, arm in summary["bon"].items() if arm["gold"]["bends"]]
-    lines += ["", ("Best-of-n over-optimisation signal (gold's fitted β above 0) for: " + ", ".join(bending) + "."
-                   if bending else f"No proxy bends gold within d ≤ {d_max:.2f} on this gold: make the proxy weaker "
-                                   "(less data, label noise) before spending the RL budget."),
-              "", "![best-of-n](bon.png)", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+def _check_same_study(out: Path, config: OveroptConfig, held_out: list, pair_prompts: list) -> None:
+    """Refuse to continue a study directory written for other prompts or pool sizes (its caches would mix)."""
+    key = {"held_out": json.dumps(held_out), "pair_prompts": json.dumps(pair_prompts),
+           "pool_samples": config.pool_samples, "samples_per_prompt": config.samples_per_prompt,
+           "temperature": config.temperature, "max_new_tokens": config.max_new_tokens, "gold": config.gold,
+           "policy": config.policy.name_or_path}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    marker = out / "study-key.txt"
+    if marker.exists() and marker.read_text().strip() != digest:
+        raise ConfigError(f"{out} holds a study of other prompts or sampling options (its caches would mix with "
+                          "this one's): choose another --out, or delete the directory to start over")
+    marker.write_text(digest + "\n")
