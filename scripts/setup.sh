@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv at the repo root and install tether with its test extras.
+# Create .venv at the repo root and install tether with its test and docs extras.
 # torch is pinned through constraints.txt: an unpinned torch pulls gigabytes of CUDA packages.
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail
@@ -12,6 +12,6 @@ stamp=.venv/.tether-installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,docs]'
   echo "$want" > "$stamp"
 fi

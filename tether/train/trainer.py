@@ -78,8 +78,8 @@ class PPOTrainer:
             tokenizer via ``reward_tokenizer``).
         dataset: prompts for ``train()`` (JSONL path, ``datasets.Dataset`` or list); also what
             ``trainer.dataloader`` iterates over (``config.batch_size`` rows, ``data_collator``).
-        optimizer, lr_scheduler: use these instead of tether's AdamW and schedule (the scheduler is
-            stepped once per ``step``, as TRL did).
+        optimizer: use this instead of tether's fused AdamW.
+        lr_scheduler: use this instead of tether's schedule (stepped once per ``step``, as TRL did).
         engine: the rollout engine: ``"hf"`` (default: transformers' ``generate`` on the policy itself),
             ``"vllm"`` (an in-process ``VLLMEngine`` in the trainer's precision, weights pushed every
             iteration), a ``RolloutConfig``, or any object with ``generate`` and ``update_weights``.
