@@ -74,6 +74,22 @@ def test_the_rl_law_is_recovered_from_points_on_it():
     assert arm["gold"]["r_squared"] == pytest.approx(1.0)
 
 
+def test_the_law_fitted_on_the_first_two_thirds_is_checked_on_the_last_third():
+    alpha, beta = 1.0, 0.5
+    ds = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0]   # iterations 1..6: the fit sees 1..4 (<= 2/3 of 6), predicts 5 and 6
+    base = torch.zeros(2, dtype=torch.float64)
+    on_law = [_point(i, [d * (alpha - beta * math.log(d))] * 4, [d] * 4, [d * d] * 4) for i, d in enumerate(ds, 1)]
+    check = analyse_rl(on_law, base, base, rounds=50)["gold"]["extrapolation"]
+    assert check["fit_iterations"] == [1, 2, 3, 4] and [r["iteration"] for r in check["later"]] == [5, 6]
+    assert check["alpha"] == pytest.approx(alpha) and check["beta"] == pytest.approx(beta)
+    assert check["later"][1]["predicted"] == pytest.approx(4 * (1 - 0.5 * math.log(4)))  # 1.2274
+    assert check["holds"]
+    # the last point falls 1.0 below the law on every prompt: the prediction misses it
+    off = on_law[:5] + [_point(6, [4 * (1 - 0.5 * math.log(4)) - 1.0] * 4, [4.0] * 4, [16.0] * 4)]
+    check = analyse_rl(off, base, base, rounds=50)["gold"]["extrapolation"]
+    assert check["later"][1]["residual_ci95"] == pytest.approx([-1.0, -1.0]) and not check["holds"]
+
+
 def test_a_negative_kl_estimate_counts_as_d_0():
     base = torch.zeros(1, dtype=torch.float64)
     points = [{"iteration": 1, "prompt": [0], "gold": [0.1], "proxy": [0.1], "kl": [-0.02]},

@@ -128,6 +128,19 @@ def _rl_lines(summary: dict, config) -> list[str]:
         lines.append(f"| {name} | {arm['d'][-1]:.2f} | {g['R'][b]:+.3f} ({g['best_iteration']}, {arm['d'][b]:.2f}) | "
                      f"{g['R'][-1]:+.3f} {_interval(g['R_ci95'][-1])} | {g['last_minus_best']:+.3f} "
                      f"{_interval(g['last_minus_best_ci95'])} | {beta} | {d_star} | {p['R'][-1]:+.3f} | {verdict} |")
+    lines += ["", "The RL law fitted on the first two thirds of each run, against the last third (the interval is of "
+                  "measured − predicted, fit and measurement resampled together):", "",
+              "| proxy | fitted on iterations | α, β | iteration: measured vs predicted (95 % of the miss) | holds |",
+              "|---|---|---|---|---|"]
+    for name, arm in summary["rl"].items():
+        x = arm["gold"].get("extrapolation")
+        if x is None:
+            lines.append(f"| {name} | — | too few points with d > 0 to fit | — | — |")
+            continue
+        later = "; ".join(f"{r['iteration']}: {r['measured']:+.3f} vs {r['predicted']:+.3f} {_interval(r['residual_ci95'])}"
+                          for r in x["later"])
+        lines.append(f"| {name} | {', '.join(map(str, x['fit_iterations']))} | {x['alpha']:.3f}, {x['beta']:.3f} | "
+                     f"{later} | {'yes' if x['holds'] else 'no'} |")
     falling = [n for n, arm in summary["rl"].items() if arm["gold"]["falls"]]
     d_max = max(arm["d"][-1] for arm in summary["rl"].values())
     lines += ["", ("RL over-optimisation (the proxy keeps rising while gold falls from its peak) for: "

@@ -120,8 +120,12 @@ def analyse_rl(points: list[dict], base_gold: torch.Tensor, base_proxy: torch.Te
     points: ``run_rl_arm``'s evaluation rows; base_gold, base_proxy: ``[P]`` base-policy means per held-out
     prompt. Gold (or proxy) at a point is the mean over prompts of (the prompt's mean − its base mean); d =
     √(mean KL) (a negative KL estimate, possible near the start, counts as 0). ``falls``: the paired interval of
-    (gold at the last point − gold at the best point) lies below 0."""
+    (gold at the last point − gold at the best point) lies below 0. ``extrapolation``: the gold law fitted on
+    the points of the run's first two thirds (by iteration) predicts each later point; ``holds`` when every
+    later point's interval of (measured − predicted), fit and measurement resampled together, contains 0."""
     P = base_gold.shape[0]
+    early = [c for c, p in enumerate(points) if p["iteration"] <= points[-1]["iteration"] * 2 / 3]
+    late = [c for c in range(len(points)) if c not in early]
     gold = torch.stack([per_prompt_means(p["gold"], p["prompt"], P) - base_gold for p in points])  # [C, P]
     proxy = torch.stack([per_prompt_means(p["proxy"], p["prompt"], P) - base_proxy for p in points])
     kl = torch.stack([per_prompt_means(p["kl"], p["prompt"], P) for p in points])
@@ -139,6 +143,14 @@ def analyse_rl(points: list[dict], base_gold: torch.Tensor, base_proxy: torch.Te
                 out.update({f"{name}/alpha": alpha, f"{name}/beta": beta,
                             f"{name}/d_star": top[0] if top else float("nan")})
         out["gold/last_minus_best"] = float((gold[-1, rows] - gold[best, rows]).mean())
+        first = torch.tensor(early, dtype=torch.long)
+        if late and int((d[first] > 0).sum()) >= 2:
+            alpha, beta = fit_law(d[first], gold[first][:, rows].mean(1), "rl")
+            out.update({"early/alpha": alpha, "early/beta": beta})
+            for c in late:
+                predicted = float(law(d[c], alpha, beta, "rl"))
+                out[f"early/predicted@{c}"] = predicted
+                out[f"early/residual@{c}"] = float(gold[c, rows].mean()) - predicted
         return out
 
     point = stats(torch.arange(P))
@@ -164,6 +176,14 @@ def analyse_rl(points: list[dict], base_gold: torch.Tensor, base_proxy: torch.Te
     drop = intervals["gold/last_minus_best"]
     result["gold"].update({"best_iteration": points[best]["iteration"], "last_minus_best": point["gold/last_minus_best"],
                            "last_minus_best_ci95": list(drop), "falls": best != len(points) - 1 and drop[1] < 0})
+    if "early/alpha" in point:
+        later = [{"iteration": points[c]["iteration"], "d": d[c], "measured": point[f"gold@{c}"],
+                  "predicted": point[f"early/predicted@{c}"], "predicted_ci95": list(intervals[f"early/predicted@{c}"]),
+                  "residual_ci95": list(intervals[f"early/residual@{c}"])} for c in late]
+        result["gold"]["extrapolation"] = {
+            "fit_iterations": [points[c]["iteration"] for c in early], "alpha": point["early/alpha"],
+            "beta": point["early/beta"], "later": later,
+            "holds": all(row["residual_ci95"][0] <= 0 <= row["residual_ci95"][1] for row in later)}
     return result
 
 

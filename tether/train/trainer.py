@@ -66,9 +66,12 @@ class PPOTrainer:
     data_collator, num_shared_layers, lr_scheduler)`` (``ref_model`` may be None), positionally or by
     keyword. A TRL value-head model (``tether.AutoModelForCausalLMWithValueHead``) trains its
     ``pretrained_model`` with its ``v_head``, under TRL 0.11's defaults for every option the config
-    did not set and TRL's ``step`` semantics (docs/coming-from-trl.md).
+    did not set and TRL's ``step`` semantics (see "Coming from TRL" in the docs).
 
-    Keyword arguments:
+    Args:
+        config: every option of the run (default ``PPOConfig()``).
+        model: the policy: a Hugging Face causal LM, a peft model (LoRA), or a TRL value-head model.
+        tokenizer: the policy's tokenizer (given a pad token if it has none).
         ref_model: frozen reference; default a frozen copy of ``model`` (``num_shared_layers``: its
             first layers shared), or — when ``model`` is a peft model — the same weights with
             adapters disabled (no second copy).
