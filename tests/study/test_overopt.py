@@ -73,6 +73,8 @@ def test_the_best_of_n_arm_runs_end_to_end_and_resumes(tmp_path, model, tokenize
     again = run_overopt(out, overrides, gold_fn=checksum_gold, stage="bon")
     assert (out / "bon/samples.jsonl").read_text().splitlines() == samples
     assert again["bon"]["all"]["gold"]["R"] == summary["bon"]["all"]["gold"]["R"]
+    # a resumed study's time is the sum of its calls', not the last call's
+    assert len(again["calls_seconds"]) == 2 and again["wall_seconds"] == pytest.approx(sum(again["calls_seconds"]), abs=0.2)
 
 
 def test_the_rl_arms_run_end_to_end_and_a_killed_arm_ends_as_an_uninterrupted_one(tmp_path, model, tokenizer):

@@ -412,10 +412,15 @@ def run_overopt(out: str | Path, overrides: list[str] | tuple[str, ...] = (), go
         arms[spec.name] = {"proxy_accuracy": proxies[spec.name]["accuracy"], "pairs": proxies[spec.name]["pairs"],
                            "data_fraction": spec.data_fraction, "label_noise": spec.label_noise,
                            **analyse_bon(proxy_matrices[spec.name], gold_matrix, config.bootstrap_rounds, config.seed)}
+    # a study resumed or extended over several calls: its time is the sum of theirs
+    elapsed = out / "elapsed.json"
+    calls = json.loads(elapsed.read_text()) if elapsed.exists() else []
+    calls.append(round(time.perf_counter() - start, 1))
+    elapsed.write_text(json.dumps(calls))
     summary = {"stage": stage, "heldout_prompts": len(held_out), "pool_samples": K,
                "gold_base_mean": float(gold_matrix.mean()), "bon": arms, "rl": rl,
                "hardware": hardware_description(torch.device("cpu")),
-               "wall_seconds": round(time.perf_counter() - start, 1)}
+               "wall_seconds": round(sum(calls), 1), "calls_seconds": calls}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     plot_bon(out / "bon.png", arms)
     if rl:

@@ -155,7 +155,8 @@ def write_report(path: Path, summary: dict, config) -> None:
     lines = ["# Reward-model over-optimisation (Gao, Schulman & Hilton 2022)", "",
              f"Gold = {config.gold}; proxies = {config.reward_backbone} reward models on gold-labelled pairs of base "
              f"samples; policy = {config.policy.name_or_path}. Machine: {summary.get('hardware', 'unknown')}; "
-             f"wall time {summary['wall_seconds'] / 60:.1f} min.", ""]
+             f"wall time {summary['wall_seconds'] / 60:.1f} min"
+             + (f" over {len(summary['calls_seconds'])} calls." if len(summary.get("calls_seconds", [])) > 1 else "."), ""]
     lines += _bon_lines(summary, config)
     if summary.get("rl"):
         lines += _rl_lines(summary, config)

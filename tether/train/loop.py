@@ -59,8 +59,9 @@ def train_on_dataset(trainer, dataset=None, reward_fn: Callable | None = None, e
     per_epoch = len(prompts) // global_bs
     total = per_epoch * epochs if max_iterations is None else min(max_iterations, per_epoch * epochs)
     if len(prompts) % global_bs:
-        # each epoch draws a new order, so over several epochs the left-over prompts differ and all are used
-        reshuffled = total > per_epoch
+        # each epoch draws a new order, so a run planned over several epochs leaves out a different set each
+        # epoch (max_iterations only stops it early: a run trained in segments, as the study's, plans them all)
+        reshuffled = epochs > 1
         logger.log(logging.INFO if reshuffled else logging.WARNING,
                    "%d prompts do not fill a batch of %d: each epoch leaves out %d of its shuffled order%s",
                    len(prompts) % global_bs, global_bs, len(prompts) % global_bs,

@@ -222,8 +222,11 @@ class PPOLearner:
             scores.float(), masked_sum(kl, mask, dim=1), rewards.sum(1), mask.sum(1).float(),
             rollout.ended.float(), masked_sum(entropy, mask, dim=1)], dim=1))
         row_scores, kl_per_seq, rlhf, lengths, ended, entropy_sums = rows.unbind(1)
-        if not self.config.whiten_scores and not self._warned_offset_scores and row_scores.numel() > 1:
-            self._warned_offset_scores = True  # once per trainer: the first batch tells
+        if (not self.config.whiten_scores and not self._warned_offset_scores and row_scores.numel() > 1
+                and self.iteration == 0):
+            # the first batch of a fresh run tells; a resumed run's critic is no longer untrained, and scores
+            # that the policy has learned to raise are no sign of a badly centred reward
+            self._warned_offset_scores = True
             hint = offset_scores_hint(row_scores.mean().item(), row_scores.std().item())
             if hint and self.dist.is_main:
                 logger.warning(hint)
