@@ -168,3 +168,26 @@ def test_readme_links_point_at_files_that_exist():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
             if not target.startswith(("http://", "https://", "mailto:")):
                 assert (path.parent / target).exists(), f"{path.name} links to {target}, which does not exist"
+
+
+@pytest.mark.parametrize("snippet", [s for s in snippets(("yaml", "yml")) if not s.marker.startswith("not run")]
+                         or [pytest.param(None, marks=pytest.mark.skip(reason="the docs have no YAML block"))],
+                         ids=lambda s: s.id if s else "none")
+def test_yaml_blocks_are_valid_run_configs(snippet, tmp_path):
+    """A YAML block in the docs is a `tether ppo` config: it must load, every key known."""
+    from tether.config import load_run_config
+
+    path = tmp_path / "block.yaml"
+    path.write_text(snippet.code)
+    try:
+        load_run_config(str(path), [])
+    except Exception as err:
+        pytest.fail(f"{snippet.id}: not a valid run config: {type(err).__name__}: {err}")
+
+
+def test_a_yaml_block_with_an_unknown_key_is_caught(tmp_path):
+    from tether.config import ConfigError, load_run_config
+
+    (tmp_path / "bad.yaml").write_text("train: {learning_rat: 1e-5}\n")
+    with pytest.raises(ConfigError):
+        load_run_config(str(tmp_path / "bad.yaml"), [])
