@@ -9,6 +9,7 @@ by the fused path and in one bf16 matmul by the plain one (bf16 output: 2^-8 rel
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tether.models.lm_head import fused_logprobs
@@ -224,37 +225,83 @@ def test_lora_policy_and_its_adapters_off_reference_fuse():
     assert not torch.allclose(off[0], plain_out[0], atol=1e-3)  # the adapters were really off
 
 
-def test_a_tied_embedding_gets_one_dense_gradient_buffer_and_the_same_gradient():
-    """With the lookup's gradient sparse, backward makes one [V, H] tensor fewer; the summed gradient is equal."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_tied_embedding_gets_one_gradient_buffer_and_the_same_gradient(fused):
+    """Rows added in place: one [V, H] gradient buffer per backward (the head's). A dense lookup gradient adds
+    its own zero-filled buffer, a sparse one an out-of-place sum. The summed gradient is the same in all three."""
     from tests.tiny import tiny_llama, tiny_tokenizer
-    from tether.models.lm_head import sparse_tied_embedding_gradient
+    from tether.models.lm_head import sparse_tied_embedding_gradient, tied_embedding_gradient_in_place
 
     tokenizer = tiny_tokenizer()
     ids, attn = _batch(len(tokenizer))
-    results = []
-    for sparse in (False, True):
+    attn[0, :2] = 0  # padding rows and a padding id: F.embedding gives the padding row no gradient
+    made, grads = {}, {}
+    for way in ("dense", "sparse", "in place"):
         model = tiny_llama(tokenizer, tie_word_embeddings=True)
-        assert sparse_tied_embedding_gradient(model) if sparse else True
-        shape = tuple(model.get_input_embeddings().weight.shape)
+        if way == "sparse":
+            assert sparse_tied_embedding_gradient(model)
+        elif way == "in place":
+            assert tied_embedding_gradient_in_place(model)
+        weight = model.get_input_embeddings().weight
+        shape = tuple(weight.shape)
 
-        class CountWeightSized(TorchDispatchMode):
+        class CountWeightSized(TorchDispatchMode):  # new float32 [V, H] tensors (not in-place results or views)
             made = 0
 
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
+                given = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                         if isinstance(a, torch.Tensor) and not a.is_sparse}
                 for t in out if isinstance(out, (tuple, list)) else [out]:
-                    if isinstance(t, torch.Tensor) and tuple(t.shape) == shape and not t.is_sparse:
+                    if isinstance(t, torch.Tensor) and tuple(t.shape) == shape and t.dtype == torch.float32 \
+                            and not t.is_sparse and t.untyped_storage().data_ptr() not in given:
                         type(self).made += 1
                 return out
 
         with CountWeightSized():
-            grads = _model_grads(model, True, ids, attn, 5)[2]
-        assert not model.get_input_embeddings().weight.grad.is_sparse  # dense for the optimiser
-        results.append((CountWeightSized.made, grads))
-    (dense_made, dense_grads), (sparse_made, sparse_grads) = results
-    assert sparse_made < dense_made
-    for name in dense_grads:
-        torch.testing.assert_close(sparse_grads[name], dense_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+            grads[way] = _model_grads(model, fused, ids, attn, 5)[2]
+        assert not weight.grad.is_sparse  # dense for the optimiser
+        made[way] = CountWeightSized.made
+    # in place: the gradient itself and the clone _model_grads returns; the others add the lookup's dense
+    # gradient and/or an out-of-place sum (how many of those autograd makes depends on the head's path)
+    print(made)
+    assert made["in place"] == 2 and made["sparse"] > 2 and made["dense"] > 2
+    for way in ("sparse", "in place"):
+        for name in grads["dense"]:
+            torch.testing.assert_close(grads[way][name], grads["dense"][name], rtol=1e-5, atol=1e-7, msg=f"{way} {name}")
+
+
+def test_the_in_place_tied_lookup_adds_into_an_existing_gradient_and_without_the_head():
+    """Gradient accumulation (a gradient already there) and a loss that does not use the head (no gradient yet)."""
+    from tether.models.lm_head import tied_embedding_gradient_in_place
+
+    torch.manual_seed(0)
+    embedding = nn.Embedding(11, 4, padding_idx=0)
+    reference = nn.Embedding(11, 4, padding_idx=0)
+    reference.weight.data.copy_(embedding.weight.data)
+
+    class Tied(nn.Module):
+        def __init__(self, emb):
+            super().__init__()
+            self.emb, self.head = emb, nn.Linear(4, 11, bias=False)
+            self.head.weight = emb.weight
+
+        def get_input_embeddings(self):
+            return self.emb
+
+        def get_output_embeddings(self):
+            return self.head
+
+    ours, plain = Tied(embedding), Tied(reference)
+    assert tied_embedding_gradient_in_place(ours)
+    ids = torch.tensor([[0, 3, 3, 7], [5, 0, 2, 3]])
+    for model in (ours, plain):
+        (model.emb(ids) ** 2).sum().backward()  # only the lookup: the weight has no gradient yet
+        (model.head(model.emb(ids)) - 1).pow(2).mean().backward()  # both, added to the gradient there
+    torch.testing.assert_close(ours.emb.weight.grad, plain.emb.weight.grad, rtol=1e-6, atol=1e-7)
+    assert ours.emb.weight.grad[0].abs().sum() > 0  # the head's part reaches the padding row; the lookup's does not
+    with torch.no_grad():
+        torch.testing.assert_close(ours.emb(ids), plain.emb(ids))  # a plain lookup outside training
 
 
 def test_only_tied_trained_embeddings_are_made_sparse():

@@ -28,8 +28,10 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-# float32 logits of one chunk (64 MiB): rows per chunk = CHUNK_ELEMENTS // V, at least 1
-CHUNK_ELEMENTS = 1 << 24
+# float32 logits of one chunk (16 MiB): rows per chunk = CHUNK_ELEMENTS // V, at least 1. Two such buffers
+# are alive at a time; small, equal-sized chunks are reused by the allocator from one chunk (and one
+# minibatch) to the next instead of leaving holes of every size in the heap
+CHUNK_ELEMENTS = 1 << 22
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -46,8 +48,29 @@ def _chunk_rows(vocab: int, chunk_elements: int) -> int:
 
 
 def _scaled_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """``[n, V]`` float32: the head's logits (computed in ``h``'s dtype) upcast, then ÷ temperature."""
-    return F.linear(h, weight, bias).float() / temperature
+    """``[n, V]`` float32, a new tensor the caller owns: the head's logits (computed in ``h``'s dtype) upcast,
+    then ÷ temperature (in place: no second ``[n, V]`` buffer)."""
+    z = F.linear(h, weight, bias).float()
+    return z.div_(temperature) if temperature != 1.0 else z
+
+
+# vocabulary rows of the weight gradient computed per matmul in a low-precision backward
+WEIGHT_GRAD_ROWS = 4096
+
+
+def _accumulate_weight_grad(grad_w: torch.Tensor, dlogits: torch.Tensor, hidden: torch.Tensor) -> None:
+    """``grad_w [V, H]`` (float32) += ``dlogits [n, V]ᵀ @ hidden [n, H]``, in place.
+
+    In float32 that is one ``addmm_``. In bf16/fp16 the product is made ``WEIGHT_GRAD_ROWS`` vocabulary rows
+    at a time and added to the float32 buffer: adding a whole ``[V, H]`` bf16 product would first allocate it
+    and then a float32 copy of it (54 + 108 MB for SmolLM2 at every backward pass) — the same sums, without
+    two weight-sized temporaries."""
+    if dlogits.dtype == torch.float32:
+        grad_w.addmm_(dlogits.t(), hidden)
+        return
+    for start in range(0, grad_w.shape[0], WEIGHT_GRAD_ROWS):
+        stop = min(start + WEIGHT_GRAD_ROWS, grad_w.shape[0])
+        grad_w[start:stop] += dlogits[:, start:stop].t() @ hidden
 
 
 class FusedLogprobs(torch.autograd.Function):
@@ -70,13 +93,17 @@ class FusedLogprobs(torch.autograd.Function):
             logprobs = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
             entropy = torch.empty_like(logprobs)
             lse = torch.empty_like(logprobs)
-            for start in range(0, h.shape[0], rows):
-                z = _scaled_logits(h[start:start + rows], w, b, temperature)
-                part_lse = torch.logsumexp(z, dim=-1)
-                p = torch.exp(z - part_lse[:, None])
-                lse[start:start + rows] = part_lse
-                entropy[start:start + rows] = part_lse - (p * z).sum(-1)
-                logprobs[start:start + rows] = z.gather(-1, targets[start:start + rows, None]).squeeze(-1) - part_lse
+            for start in range(0, h.shape[0], rows):  # two [rows, V] float32 buffers at a time: z and p
+                stop = min(start + rows, h.shape[0])
+                z = _scaled_logits(h[start:stop], w, b, temperature)
+                top = z.amax(dim=-1, keepdim=True)
+                p = torch.sub(z, top).exp_()  # softmax(z) · Σ, shifted by the row maximum
+                total = p.sum(dim=-1, keepdim=True)
+                part_lse = (top + total.log()).squeeze(-1)
+                p.div_(total)
+                lse[start:stop] = part_lse
+                entropy[start:stop] = part_lse - torch.linalg.vecdot(p, z)  # H = lse − Σ p z
+                logprobs[start:stop] = z.gather(-1, targets[start:stop, None]).squeeze(-1) - part_lse
                 del z, p
         ctx.set_materialize_grads(False)  # an unused output (entropy) gets None: no work for it in backward
         ctx.save_for_backward(h, w, b, targets, lse, entropy)
@@ -98,24 +125,28 @@ class FusedLogprobs(torch.autograd.Function):
                 z = _scaled_logits(hc, w, b, temperature)
                 z -= lse[start:stop, None]  # z is log p from here on
                 p = torch.exp(z)
-                if grad_logprobs is not None:  # g (onehot − p)
-                    g = grad_logprobs[start:stop, None]
-                    dz = p * -g
-                    dz.scatter_add_(-1, targets[start:stop, None], g)
+                # ∂/∂z = g (onehot − p) − g_H p (log p + H) = p · c + g · onehot, c = −g − g_H (log p + H);
+                # c is built in place on log p and dz in place on p: two [rows, V] buffers, as in forward
+                if grad_entropy is not None:
+                    c = z.add_(entropy[start:stop, None]).mul_(grad_entropy[start:stop, None])
+                    if grad_logprobs is not None:
+                        c.add_(grad_logprobs[start:stop, None])
+                    dz = p.mul_(c.neg_())
+                elif grad_logprobs is not None:
+                    dz = p.mul_(grad_logprobs[start:stop, None].neg())
                 else:
-                    dz = torch.zeros_like(z)
-                if grad_entropy is not None:  # − g_H p (log p + H), in place on log p
-                    dz -= z.add_(entropy[start:stop, None]).mul_(p).mul_(grad_entropy[start:stop, None])
+                    dz = p.zero_()
+                if grad_logprobs is not None:
+                    dz.scatter_add_(-1, targets[start:stop, None], grad_logprobs[start:stop, None])
                 del z, p
-                dlogits = (dz / temperature).to(h.dtype)
+                if temperature != 1.0:
+                    dz.div_(temperature)
+                dlogits = dz.to(h.dtype)
                 del dz
                 if want_h:
                     grad_h[start:stop] = (dlogits @ w).to(hidden_dtype)
                 if want_w:  # accumulated in float32 across chunks
-                    if dlogits.dtype == torch.float32:
-                        grad_w.addmm_(dlogits.t(), hc)
-                    else:
-                        grad_w += dlogits.t() @ hc
+                    _accumulate_weight_grad(grad_w, dlogits, hc)
                 if want_b:
                     grad_b += dlogits.float().sum(0)
         grad_w = grad_w.to(weight_dtype) if grad_w is not None else None
@@ -180,21 +211,87 @@ def head_returns_logprobs(head: nn.Linear, targets: torch.Tensor, temperature: f
         del head.forward
 
 
-def sparse_tied_embedding_gradient(model) -> bool:
-    """For a model whose input embedding is tied to its LM head (one trained ``[V, H]`` weight), make the
-    embedding lookup's gradient sparse (its rows only): autograd then adds it in place into the head's dense
-    gradient instead of zero-filling a second ``[V, H]`` buffer every backward pass (113 MB in float32 for
-    SmolLM2). The summed gradient is the same and stays dense, so optimisers are unaffected. Single-process
-    training only (DDP treats a sparse embedding's gradient as sparse). Returns whether it was applied."""
+def _tied_embedding(model) -> nn.Embedding | None:
+    """The trained input embedding of ``model`` (also inside DDP or peft) when it is the LM head's weight too."""
     inner = getattr(model, "module", model)
     if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model"):
         inner = inner.get_base_model()
     get_in, get_out = getattr(inner, "get_input_embeddings", None), getattr(inner, "get_output_embeddings", None)
     embedding = get_in() if callable(get_in) else None
     head = get_out() if callable(get_out) else None
-    if type(embedding) is not nn.Embedding or head is None or getattr(head, "weight", None) is not embedding.weight:
-        return False
-    if not embedding.weight.requires_grad or embedding.sparse:
+    if not isinstance(embedding, nn.Embedding) or head is None or getattr(head, "weight", None) is not embedding.weight:
+        return None
+    return embedding if embedding.weight.requires_grad else None
+
+
+def sparse_tied_embedding_gradient(model) -> bool:
+    """For a model whose input embedding is tied to its LM head (one trained ``[V, H]`` weight), make the
+    embedding lookup's gradient sparse (its rows only) instead of a zero-filled ``[V, H]`` buffer; autograd
+    sums it with the head's dense gradient before the weight's gradient is final (one ``[V, H]`` sum per
+    backward pass), so a hook on the finished gradient (gradient release) sees the whole of it. The summed
+    gradient is the same and stays dense. Single-process training only (DDP treats a sparse embedding's
+    gradient as sparse). Returns whether it was applied."""
+    embedding = _tied_embedding(model)
+    if type(embedding) is not nn.Embedding or embedding.sparse:
         return False
     embedding.sparse = True
+    return True
+
+
+class _LookupAddingRows(torch.autograd.Function):
+    """``embedding(ids)`` whose backward adds the rows of its gradient into ``embedding.weight.grad`` in place.
+
+    forward(anchor, ids ``[...]`` long, embedding) → ``[..., H]``. The weight is deliberately not an input of
+    this node: its gradient from the LM head is then final (and moved into ``.grad`` without a copy) as soon
+    as the head's backward ran, and this node adds its ``N`` rows into that buffer at the end of backward.
+    ``anchor`` is an empty tensor that requires grad, so the output is part of the graph."""
+
+    @staticmethod
+    def forward(ctx, anchor, ids, embedding):
+        ctx.save_for_backward(ids)
+        ctx.embedding = embedding
+        return F.embedding(ids, embedding.weight, embedding.padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (ids,) = ctx.saved_tensors
+        embedding = ctx.embedding
+        weight = embedding.weight
+        rows, flat = grad_output.reshape(-1, grad_output.shape[-1]), ids.reshape(-1)
+        if embedding.padding_idx is not None:  # as F.embedding: the padding row gets no gradient
+            keep = flat != embedding.padding_idx
+            rows, flat = rows[keep], flat[keep]
+        with torch.no_grad():
+            if weight.grad is None:  # the head was not part of this loss
+                weight.grad = torch.zeros_like(weight)
+            weight.grad.index_add_(0, flat, rows.to(weight.grad.dtype))
+        return None, None, None
+
+
+class TiedEmbedding(nn.Embedding):
+    """An ``nn.Embedding`` tied to the LM head whose lookup gradient is added in place into the weight's
+    gradient (``_LookupAddingRows``) while gradients are recorded; otherwise a plain lookup."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - nn.Embedding's signature
+        if not (torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(input)
+        anchor = torch.empty(0, device=self.weight.device, requires_grad=True)
+        return _LookupAddingRows.apply(anchor, input, self)
+
+
+def tied_embedding_gradient_in_place(model) -> bool:
+    """For a model whose input embedding is tied to its LM head (one trained ``[V, H]`` weight), add the
+    lookup's gradient rows into the head's gradient buffer in place: backward then makes one ``[V, H]``
+    gradient tensor instead of two (sparse lookup gradient: the head's plus their out-of-place sum, 2 × 113
+    MB for SmolLM2 in float32) or three (dense: plus a zero-filled lookup gradient). The same gradient.
+
+    Single-process training without gradient release only: DDP and FSDP2 reduce gradients through autograd
+    hooks, and a hook on the finished gradient would fire before the lookup's rows are added (use
+    ``sparse_tied_embedding_gradient`` there). Not for lookups with ``max_norm`` or ``scale_grad_by_freq``.
+    Returns whether it was applied."""
+    embedding = _tied_embedding(model)
+    if type(embedding) is not nn.Embedding or embedding.sparse or embedding.max_norm is not None \
+            or embedding.scale_grad_by_freq:
+        return False
+    embedding.__class__ = TiedEmbedding
     return True

@@ -34,7 +34,7 @@ from ..compat.config import apply_trl_defaults
 from ..algo import RunningMoments
 from ..compat.trl_trainer import (Accelerator, ProgramSchedule, is_tokenizer, log_stats, make_dataloader,
                                   positional_arguments, reference_wrapper, trl_precision, trl_tracker, unwrap_models)
-from ..models.lm_head import sparse_tied_embedding_gradient
+from ..models.lm_head import sparse_tied_embedding_gradient, tied_embedding_gradient_in_place
 from ..tracking.memory import release_free_heap
 from ..tracking.metrics import memory_stats
 from ..tracking.sinks import check_report_to, make_sinks
@@ -161,8 +161,13 @@ class PPOTrainer:
                                                                      mixed_precision=self.precision.mixed)
             if isinstance(getattr(self.reward_fn, "model", None), nn.Module):  # a reward model: frozen, sharded
                 self.dist.shard_models(self.reward_fn.model.requires_grad_(False))  # gathered per call (dist.scoring)
-        if not self.dist.enabled and sparse_tied_embedding_gradient(policy):
-            logger.debug("tied embedding: its lookup's gradient is added in place into the LM head's")
+        if not self.dist.enabled:  # a tied embedding: one [V, H] gradient buffer per backward pass, not two or three
+            if config.optimizer_in_backward:  # autograd sums both parts before the weight's step hook fires
+                tied = sparse_tied_embedding_gradient(policy)
+            else:
+                tied = tied_embedding_gradient_in_place(policy)
+            if tied:
+                logger.debug("tied embedding: its lookup's gradient rows are added into the LM head's gradient")
         critic_module = critic if critic is not None else value_head
         if given["optimizer"] is None:
             given["optimizer"] = make_optimizer(policy.parameters(), critic_module.parameters() if critic_module else [],
