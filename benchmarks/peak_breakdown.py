@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/peak_breakdown.py                    # 3 iterations, ~1.5 min on 2 cores
     .venv/bin/python benchmarks/peak_breakdown.py --iterations 6 --timeline runs/peak.json
+    .venv/bin/python benchmarks/peak_breakdown.py --option offload_reference=true   # a lever, measured
 
 The seed program of benchmarks/rss_growth.py (SmolLM2-135M-Instruct with a value head, 16 built-in prompts,
 up to 48 new tokens, 4 PPO epochs of minibatches of 4, tether's defaults, 2 threads), with a thread that
@@ -86,7 +87,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--timeline", type=Path, help="write every sample here as JSON")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a PPOConfig option for this run (value as JSON: true, null, 0.5; repeatable)")
     args = parser.parse_args()
+    options = {}
+    for item in args.option:
+        name, _, value = item.partition("=")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
 
     import torch
 
@@ -102,26 +112,34 @@ def main() -> None:
         path = resolve_model("smollm2-135m-instruct")
         tokenizer = load_tokenizer(path)
         config = PPOConfig(batch_size=16, mini_batch_size=4, gradient_accumulation_steps=1, ppo_epochs=4,
-                           max_new_tokens=48, value_model="head")
+                           max_new_tokens=48, value_model="head", **options)
         trainer = PPOTrainer(config, load_causal_lm(path), tokenizer)
         before = (rss_bytes() or 0) / GIB
         prompts = load_prompts("builtin:instructions")
+        seconds = []
         for it in range(args.iterations):
             batch = [prompts[(it * 16 + i) % len(prompts)] for i in range(16)]
+            start = time.perf_counter()
             responses = trainer.generate(batch)
             trainer.step(batch, responses, [1 - len(r) / 200 for r in responses])
-            print(f"iteration {it + 1}/{args.iterations}", file=sys.stderr)
+            seconds.append(time.perf_counter() - start)
+            print(f"iteration {it + 1}/{args.iterations}: {seconds[-1]:.1f} s", file=sys.stderr)
 
     trained = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     state = [v for s in trainer.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
     reference = list(trainer.ref_model.parameters()) if trainer.ref_model is not None else []
+    parked = trainer.ppo.parked_reference
     samples = sampler.samples
-    print(f"\nseed program, {args.iterations} iterations, {trainer.precision.mode}, 2 threads, "
-          f"{len(samples)} samples every 20 ms")
+    chosen = ", ".join(f"{k}={v}" for k, v in options.items()) or "tether's defaults"
+    print(f"\nseed program ({chosen}), {args.iterations} iterations, {trainer.precision.mode}, 2 threads, "
+          f"{len(samples)} samples every 20 ms; s / iteration after the first: "
+          f"{sorted(seconds[1:])[len(seconds[1:]) // 2] if len(seconds) > 1 else seconds[0]:.1f}")
     print("tensors that live through the run (GiB):")
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in trained})
     print(f"  trained weights ({', '.join(dtypes)})  {_storage_gib(trained):.3f}")
-    if reference:
+    if parked is not None:
+        print(f"  frozen reference: in a file between uses ({parked.bytes / GIB:.3f} GiB there)")
+    elif reference:
         print(f"  frozen reference ({str(reference[0].dtype).replace('torch.', '')})  {_storage_gib(reference):.3f}")
     print(f"  optimizer state                 {_storage_gib(state):.3f}")
     print(f"  gradients held after the step   {_storage_gib([p.grad for p in trained]):.3f}")

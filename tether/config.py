@@ -233,6 +233,12 @@ class PPOConfig:
     is complete, then free it — no full set of gradients at the peak (4 bytes per trained parameter in fp32).
     The same update as stepping after backward; needs max_grad_norm: null, gradient_accumulation_steps: 1
     and one process (clipping, accumulation and DDP/FSDP2 need every gradient before any step)."""
+    offload_reference: bool = False
+    """Keep the frozen reference's weights in a file between its uses (one forward per iteration, in the
+    experience phase) instead of in memory: the update phase, where memory peaks, runs without them (2 bytes
+    per parameter in bf16). Written once; mapped back from the OS's file cache for each use (from disk if
+    the OS dropped it). No effect with LoRA (the reference is the policy with its adapters off); not with
+    sharding: fsdp2 (the reference is sharded already). Directory: $TETHER_OFFLOAD_DIR or tether's cache."""
     fused_logprobs: bool = True
     """Compute response-token log-probs (and entropies) from the LM head a chunk of tokens at a time, never
     holding [batch, tokens, vocabulary] logits (the chunk's logits are recomputed in the backward pass: one
@@ -317,6 +323,9 @@ class PPOConfig:
                 "optimizer_in_backward steps each parameter during backward, so it cannot clip the global gradient "
                 "norm or accumulate several backward passes: set max_grad_norm: null and "
                 f"gradient_accumulation_steps: 1 (now {self.max_grad_norm} and {self.accumulation_steps})")
+        if self.offload_reference and self.sharding == "fsdp2":
+            raise ConfigError("offload_reference: the reference is sharded across the processes under sharding: "
+                              "fsdp2 already; set offload_reference: false (or sharding: ddp)")
         if self.learning_rate < 0:
             raise ConfigError(f"learning_rate must be ≥ 0, got {self.learning_rate}")
         if self.temperature <= 0:

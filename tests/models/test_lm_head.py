@@ -312,3 +312,22 @@ def test_only_tied_trained_embeddings_are_made_sparse():
     assert not sparse_tied_embedding_gradient(tiny_llama(tokenizer))  # untied: its gradient must stay dense
     frozen = tiny_llama(tokenizer, tie_word_embeddings=True).requires_grad_(False)
     assert not sparse_tied_embedding_gradient(frozen)
+
+
+def test_a_second_trainer_on_the_same_model_switches_the_tied_lookup():
+    """A model reused by a trainer with gradient release must lose the in-place lookup (its rows would land
+    after the weight's step) and get it back for a trainer without release; a user's own sparse flag stays."""
+    from tests.tiny import tiny_llama, tiny_tokenizer
+    from tether.models.lm_head import (TiedEmbedding, plain_tied_lookup, sparse_tied_embedding_gradient,
+                                       tied_embedding_gradient_in_place)
+
+    model = tiny_llama(tiny_tokenizer(), tie_word_embeddings=True)
+    embedding = model.get_input_embeddings()
+    assert tied_embedding_gradient_in_place(model) and type(embedding) is TiedEmbedding
+    assert sparse_tied_embedding_gradient(model) and type(embedding) is nn.Embedding and embedding.sparse
+    assert tied_embedding_gradient_in_place(model) and type(embedding) is TiedEmbedding and not embedding.sparse
+    plain_tied_lookup(model)
+    assert type(embedding) is nn.Embedding and not embedding.sparse
+    embedding.sparse = True  # the user's choice: left alone
+    plain_tied_lookup(model)
+    assert embedding.sparse and not tied_embedding_gradient_in_place(model)

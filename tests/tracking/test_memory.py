@@ -55,5 +55,24 @@ def test_a_training_iteration_logs_memory_per_phase(model, tokenizer):
     for phase in ("rollout", "experience", "update"):
         assert stats[f"memory/{phase}/rss_gib"] > 0
     assert "memory/returned_gib" in stats and "memory/peak_rss_gib" in stats
+    assert "memory/returned_before_experience_gib" in stats
+
+
+def test_the_last_updates_gradients_stay_after_a_step_and_go_before_the_next_experience(model, tokenizer):
+    """A program may read the gradients after step() (TRL's PPOTrainer kept them); the next step drops them
+    before its experience phase instead of holding them beside the scoring forwards."""
+    from tether import PPOConfig, PPOTrainer
+
+    trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=4), model, tokenizer)
+    prompts, responses, scores = ["hello there", "abc", "what is up", "zz top"], ["a", "b c", "d", "e f"], [1.0, 0.0, 0.5, 0.2]
+    trainer.step(prompts, responses, scores)
+    assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
+    held = []
+    real = trainer.ppo.make_experience
+    trainer.ppo.make_experience = lambda *a: held.append(
+        sum(p.grad is not None for p in trainer.model.parameters())) or real(*a)
+    trainer.step(prompts, responses, scores)
+    assert held == [0]
+    assert all(p.grad is not None for p in trainer.model.parameters() if p.requires_grad)
     history = trainer.train(prompts, reward_fn=lambda p, c: [0.0] * len(c), max_iterations=1, progress=False)
     assert history[0]["memory/rollout/rss_gib"] > 0 and history[0]["memory/update/rss_gib"] > 0

@@ -232,9 +232,12 @@ def sparse_tied_embedding_gradient(model) -> bool:
     gradient is the same and stays dense. Single-process training only (DDP treats a sparse embedding's
     gradient as sparse). Returns whether it was applied."""
     embedding = _tied_embedding(model)
+    if embedding is None:
+        return False
+    plain_tied_lookup(model)  # undo the in-place lookup an earlier trainer may have set on this model
     if type(embedding) is not nn.Embedding or embedding.sparse:
         return False
-    embedding.sparse = True
+    embedding.sparse, embedding._tether_tied_lookup = True, "sparse"
     return True
 
 
@@ -290,8 +293,28 @@ def tied_embedding_gradient_in_place(model) -> bool:
     ``sparse_tied_embedding_gradient`` there). Not for lookups with ``max_norm`` or ``scale_grad_by_freq``.
     Returns whether it was applied."""
     embedding = _tied_embedding(model)
+    if embedding is None:
+        return False
+    plain_tied_lookup(model)  # undo the sparse lookup an earlier trainer may have set on this model
     if type(embedding) is not nn.Embedding or embedding.sparse or embedding.max_norm is not None \
             or embedding.scale_grad_by_freq:
         return False
-    embedding.__class__ = TiedEmbedding
+    embedding.__class__, embedding._tether_tied_lookup = TiedEmbedding, "in place"
     return True
+
+
+def plain_tied_lookup(model) -> None:
+    """Undo ``sparse_tied_embedding_gradient`` / ``tied_embedding_gradient_in_place`` on ``model`` (what tether
+    set, nothing else): for a model a later trainer uses differently, e.g. under DDP or with gradient release."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    get_in = getattr(inner, "get_input_embeddings", None)
+    embedding = get_in() if callable(get_in) else None
+    way = getattr(embedding, "_tether_tied_lookup", None)
+    if way == "sparse":
+        embedding.sparse = False
+    elif way == "in place":
+        embedding.__class__ = nn.Embedding
+    if way is not None:
+        del embedding._tether_tied_lookup

@@ -52,9 +52,10 @@ from ..algo import (
 )
 from ..config import PPOConfig
 from ..models.forward import critic_values, response_forward
-from ..tracking.memory import phase_memory
+from ..tracking.memory import phase_memory, release_free_heap
 from ..rewards.base import offset_scores_hint
 from ..rollout import Experience, Rollout
+from ..models.offload import ParkedWeights
 from ..rollout.types import trim_padding_columns
 from .distributed import Distributed
 from .estimators import estimate_advantages, kl_in_loss, policy_loss_fn, shape_scores
@@ -64,6 +65,11 @@ from .precision import Precision, checkpointing_active
 from .sharding import as_float
 
 logger = logging.getLogger(__name__)
+
+
+def cfg_returns_memory(config: PPOConfig, device: torch.device) -> bool:
+    """Whether freed memory is handed back to the OS at phase boundaries (``return_freed_memory``, CPU)."""
+    return config.return_freed_memory and torch.device(device).type == "cpu"
 
 
 class PPOLearner:
@@ -83,6 +89,7 @@ class PPOLearner:
         self.config = config
         self.precision = precision or Precision("fp32", "cpu", "default")
         self.policy, self.ref_model, self.critic, self.value_head = policy, ref_model, critic, value_head
+        self.parked_reference: ParkedWeights | None = None  # offload_reference: parked after each use
         self.optimizer = optimizer
         self.stepper: StepInBackward | None = None
         if config.optimizer_in_backward:
@@ -114,7 +121,14 @@ class PPOLearner:
         for module in (self.policy, self.critic, self.value_head):  # dropout off in every forward [H24], even
             if module is not None:                                  # after a program's model.train()
                 module.eval()
+        # the last update's gradients: kept after it for programs that read them, dead from here on (each
+        # minibatch makes its own) — freed before the experience phase's forwards, not beside them
+        self.optimizer.zero_grad(set_to_none=True)
+        returned = 0
+        if cfg_returns_memory(self.config, rollout.input_ids.device):  # ... and handed back to the OS
+            returned = release_free_heap()
         experience, stats = self.make_experience(rollout, scores)
+        stats["memory/returned_before_experience_gib"] = returned / 2**30
         stats["time/experience"] = time.perf_counter() - t0
         stats.update(phase_memory("experience", rollout.input_ids.device))
         stats.update(self.ppo_update(experience))
@@ -155,6 +169,8 @@ class PPOLearner:
             for outputs, x in ((logprobs, out.logprobs), (entropy, out.entropy), (ref_logprobs, ref_out.logprobs),
                                (values, row_values)):
                 outputs.append(torch.nn.functional.pad(x, (0, T - t)))
+        if self.parked_reference is not None:  # idle until the next iteration's experience: out of memory
+            self.parked_reference.park()
         logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
         values = torch.where(mask, torch.cat(values), 0.0)
         entropy = torch.cat(entropy)

@@ -34,7 +34,8 @@ from ..compat.config import apply_trl_defaults
 from ..algo import RunningMoments
 from ..compat.trl_trainer import (Accelerator, ProgramSchedule, is_tokenizer, log_stats, make_dataloader,
                                   positional_arguments, reference_wrapper, trl_precision, trl_tracker, unwrap_models)
-from ..models.lm_head import sparse_tied_embedding_gradient, tied_embedding_gradient_in_place
+from ..models.offload import ParkedWeights
+from ..models.lm_head import plain_tied_lookup, sparse_tied_embedding_gradient, tied_embedding_gradient_in_place
 from ..tracking.memory import release_free_heap
 from ..tracking.metrics import memory_stats
 from ..tracking.sinks import check_report_to, make_sinks
@@ -161,7 +162,16 @@ class PPOTrainer:
                                                                      mixed_precision=self.precision.mixed)
             if isinstance(getattr(self.reward_fn, "model", None), nn.Module):  # a reward model: frozen, sharded
                 self.dist.shard_models(self.reward_fn.model.requires_grad_(False))  # gathered per call (dist.scoring)
-        if not self.dist.enabled:  # a tied embedding: one [V, H] gradient buffer per backward pass, not two or three
+        if config.offload_reference:
+            if ref is None:
+                logger.info("offload_reference: the reference is the policy with its LoRA adapters off; "
+                            "nothing to offload")
+            else:
+                parked = ParkedWeights(ref)  # parked again after each use (PPOLearner.make_experience)
+                parked.park()
+        if self.dist.enabled:  # DDP and FSDP2 reduce the tied weight's gradient through autograd: its own sum
+            plain_tied_lookup(policy)
+        else:  # a tied embedding: one [V, H] gradient buffer per backward pass, not two or three
             if config.optimizer_in_backward:  # autograd sums both parts before the weight's step hook fires
                 tied = sparse_tied_embedding_gradient(policy)
             else:
@@ -178,6 +188,8 @@ class PPOTrainer:
             if given["lr_scheduler"] is not None:
                 given["lr_scheduler"] = trl_methods.AcceleratedScheduler(given["lr_scheduler"])
         self.ppo = PPOLearner(config, policy, ref, critic, value_head, given["optimizer"], self.dist, self.precision)
+        if config.offload_reference and ref is not None:
+            self.ppo.parked_reference = parked
         self.lr_scheduler = given["lr_scheduler"]
         if self.lr_scheduler is not None:  # the program's schedule, stepped once per step(); none of ours
             self.ppo.scheduler = ProgramSchedule()
@@ -226,6 +238,9 @@ class PPOTrainer:
 
     @ref_model.setter
     def ref_model(self, value) -> None:
+        if self.ppo.parked_reference is not None:  # the old reference gets its weights back; the new one is kept
+            self.ppo.parked_reference.close()
+            self.ppo.parked_reference = None
         self._ref_wrapper = None
         self.ppo.ref_model = value
 
