@@ -67,7 +67,7 @@ from .sharding import as_float
 logger = logging.getLogger(__name__)
 
 
-def cfg_returns_memory(config: PPOConfig, device: torch.device) -> bool:
+def returns_freed_memory(config: PPOConfig, device: torch.device) -> bool:
     """Whether freed memory is handed back to the OS at phase boundaries (``return_freed_memory``, CPU)."""
     return config.return_freed_memory and torch.device(device).type == "cpu"
 
@@ -125,7 +125,7 @@ class PPOLearner:
         # minibatch makes its own) — freed before the experience phase's forwards, not beside them
         self.optimizer.zero_grad(set_to_none=True)
         returned = 0
-        if cfg_returns_memory(self.config, rollout.input_ids.device):  # ... and handed back to the OS
+        if returns_freed_memory(self.config, rollout.input_ids.device):  # ... and handed back to the OS
             returned = release_free_heap()
         experience, stats = self.make_experience(rollout, scores)
         stats["memory/returned_before_experience_gib"] = returned / 2**30

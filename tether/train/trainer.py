@@ -45,7 +45,7 @@ from .distributed import Distributed
 from .loop import show_progress, train_on_dataset
 from .optim import make_optimizer
 from .persistence import DataPosition, read_training_state, save_checkpoint, save_pretrained
-from .ppo import PPOLearner
+from .ppo import PPOLearner, returns_freed_memory
 from .precision import Precision, enable_checkpointing
 from . import step_api
 from .step_inputs import SampledResponses, sampling_params
@@ -323,7 +323,7 @@ class PPOTrainer:
         stats["time/generate"] = generate_seconds
         stats["time/reward"] = reward_seconds
         stats["time/weight_sync"], self._sync_seconds = self._sync_seconds, 0.0
-        if self.config.return_freed_memory and self.device.type == "cpu":  # the iteration's end: a phase boundary
+        if returns_freed_memory(self.config, self.device):  # the iteration's end: a phase boundary
             stats["memory/returned_gib"] = release_free_heap() / 2**30
         stats.update(memory_stats(self.device))
         self.last_stats = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
