@@ -168,12 +168,9 @@ def fused_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 def fusable_head(model) -> nn.Linear | None:
     """The plain ``nn.Linear`` LM head of a causal LM (also inside DDP, FSDP2 or peft), or None where the
     head is something else (a LoRA-wrapped head, a custom module) or the model was found to alter it."""
-    inner = getattr(model, "module", model)
-    if getattr(inner, "_tether_unfusable_head", False):
+    if getattr(getattr(model, "module", model), "_tether_unfusable_head", False):
         return None
-    if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    get = getattr(inner, "get_output_embeddings", None)
+    get = getattr(_base_model(model), "get_output_embeddings", None)
     head = get() if callable(get) else None
     return head if type(head) is nn.Linear else None
 
@@ -211,11 +208,17 @@ def head_returns_logprobs(head: nn.Linear, targets: torch.Tensor, temperature: f
         del head.forward
 
 
-def _tied_embedding(model) -> nn.Embedding | None:
-    """The trained input embedding of ``model`` (also inside DDP or peft) when it is the LM head's weight too."""
+def _base_model(model):
+    """The model under a DDP (``.module``) and/or peft wrapper."""
     inner = getattr(model, "module", model)
     if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model"):
         inner = inner.get_base_model()
+    return inner
+
+
+def _tied_embedding(model) -> nn.Embedding | None:
+    """The trained input embedding of ``model`` (also inside DDP or peft) when it is the LM head's weight too."""
+    inner = _base_model(model)
     get_in, get_out = getattr(inner, "get_input_embeddings", None), getattr(inner, "get_output_embeddings", None)
     embedding = get_in() if callable(get_in) else None
     head = get_out() if callable(get_out) else None
@@ -306,10 +309,7 @@ def tied_embedding_gradient_in_place(model) -> bool:
 def plain_tied_lookup(model) -> None:
     """Undo ``sparse_tied_embedding_gradient`` / ``tied_embedding_gradient_in_place`` on ``model`` (what tether
     set, nothing else): for a model a later trainer uses differently, e.g. under DDP or with gradient release."""
-    inner = getattr(model, "module", model)
-    if hasattr(inner, "peft_config") and hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    get_in = getattr(inner, "get_input_embeddings", None)
+    get_in = getattr(_base_model(model), "get_input_embeddings", None)
     embedding = get_in() if callable(get_in) else None
     way = getattr(embedding, "_tether_tied_lookup", None)
     if way == "sparse":

@@ -47,7 +47,6 @@ class ParkedWeights:
     def __init__(self, model: nn.Module, directory: Path | None = None):
         if any(p.requires_grad for p in model.parameters()):
             raise ValueError("only a frozen model's weights can be parked (a parameter requires grad)")
-        self.model = model
         self.device = next(model.parameters()).device
         self._params = dict(model.named_parameters())  # named_parameters() lists a tied parameter once
         directory = Path(directory) if directory is not None else offload_dir()
@@ -81,7 +80,7 @@ class ParkedWeights:
     def close(self) -> None:
         """Unpark for good, remove the hook and delete the file."""
         self.unpark()
-        for name, p in self._params.items():  # own the memory again: the file is about to go
+        for p in self._params.values():  # own the memory again: the file is about to go
             p.data = p.data.clone()
         self._hook.remove()
         self._finalizer()
