@@ -72,12 +72,12 @@ def sync(llm, model, mode: str, first: bool, adapter_dir: str):
     Returns (seconds, the LoRARequest to sample with or None)."""
     from vllm.lora.request import LoRARequest
 
-    from tether.rollout.vllm import _base_model, engine_state_dict
+    from tether.rollout.vllm import _base_model, engine_weights
 
     start = time.perf_counter()
     if mode == "merged" or first:
         if mode == "merged":
-            state = engine_state_dict(model)
+            state = dict(engine_weights(model))
         else:  # the base weights alone, under the transformers model's names
             state = {k.replace(".base_layer.", "."): v.detach() for k, v in _base_model(model).state_dict().items()
                      if ".lora_" not in k}

@@ -177,6 +177,38 @@ def test_a_sharded_reward_model_scores_as_one_process(runs, tokenizer):
     assert probe["iterations"] == 2 and all(r == r for r in probe["reward_mean"])
 
 
+@pytest.mark.parametrize("case", ["tied", "untied", "lora"])
+def test_the_vllm_weight_stream_of_a_sharded_policy_gathers_one_cast_tensor_at_a_time(runs, case):
+    """What the vLLM engine receives from a policy sharded on 2 processes: the names and values one
+    process sends for the unsharded model (tied head under both names, LoRA merged), each shard cast
+    to the engine's dtype before it is gathered, and never two gathered tensors alive at once."""
+    from tests.distributed.worker import STREAMED, streamed_model
+    from tether.rollout.vllm import engine_weights
+
+    out, _, _ = runs
+    probe = torch.load(out / "sharded" / "weight-stream.pt", weights_only=False)[case]
+    expected = {k: v.detach().clone() for k, v in engine_weights(streamed_model(case))}
+    assert probe["sharded"] and probe["most_alive"] == 1
+    assert list(probe["weights"]) == list(expected)
+    assert probe["gathers"] == len(expected)  # every tensor of the state dict is a shard, gathered once per name
+    if STREAMED[case].get("lora"):
+        assert not any("lora_" in k or "base_layer" in k for k in expected)
+        base = streamed_model(case).get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+        assert not torch.equal(expected["model.layers.0.self_attn.q_proj.weight"], base)  # the merge shows
+        # the delta is computed on row shards of B (2 x [16, 4] @ [4, 32]) instead of one [32, 4] @ [4, 32]:
+        # summation order is the same per row, float noise at most
+        for key in expected:
+            torch.testing.assert_close(probe["weights"][key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
+        assert probe["gathered_dtypes"] == {torch.float32}
+    else:
+        for key in expected:  # cast then gather = gather then cast, exactly
+            assert probe["weights"][key].dtype == torch.bfloat16
+            assert torch.equal(probe["weights"][key], expected[key].to(torch.bfloat16)), key
+        assert probe["gathered_dtypes"] == {torch.bfloat16}
+    assert STREAMED[case]["tied"] == ("lm_head.weight" in expected and torch.equal(
+        expected["lm_head.weight"], expected["model.embed_tokens.weight"]))
+
+
 def test_torchrun_runs_the_ppo_command(tmp_path, model, tokenizer):
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")

@@ -28,11 +28,6 @@ def test_an_optimizer_built_before_sharding_is_refused(model, tokenizer, pretend
         PPOTrainer(PPOConfig(sharding="fsdp2", batch_size=2), model, tokenizer, optimizer=optimizer)
 
 
-def test_vllm_with_sharding_is_refused(model, tokenizer, pretend_sharded):
-    with pytest.raises(ValueError, match="streaming sharded weights into vLLM is not implemented"):
-        PPOTrainer(PPOConfig(sharding="fsdp2", batch_size=2), model, tokenizer, engine="vllm")
-
-
 def test_the_hf_engine_in_any_form_is_accepted_under_sharding(model, tokenizer, pretend_sharded):
     """What the CLI passes (a RolloutConfig with engine 'hf') must not be mistaken for vLLM."""
     from tether.config import RolloutConfig
@@ -41,8 +36,6 @@ def test_the_hf_engine_in_any_form_is_accepted_under_sharding(model, tokenizer, 
     for engine in (None, "hf", RolloutConfig(engine="hf")):
         trainer = PPOTrainer(PPOConfig(sharding="fsdp2", batch_size=2), model, tokenizer, engine=engine)
         assert isinstance(trainer.engine, HFEngine)
-    with pytest.raises(ValueError, match="streaming sharded weights into vLLM"):
-        PPOTrainer(PPOConfig(sharding="fsdp2", batch_size=2), model, tokenizer, engine=RolloutConfig(engine="vllm"))
 
 
 def test_sharding_options_are_checked():

@@ -180,6 +180,67 @@ def run_sharded_reward(out: Path, dist: Distributed) -> None:
         torch.save(result, out / "reward-probe.pt")
 
 
+STREAMED = {"tied": dict(tied=True), "untied": dict(tied=False), "lora": dict(tied=True, lora=True)}
+"""Models whose sharded weights run_weight_stream streams as the vLLM engine takes them."""
+
+
+def streamed_model(name: str):
+    """The model of a STREAMED case, the same on every rank and in the test (LoRA B made non-zero, so
+    that a merge left out changes the weights)."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(tokenizer, tie_word_embeddings=STREAMED[name]["tied"])
+    if STREAMED[name].get("lora"):
+        model = apply_lora(model, LoraSettings(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+        torch.manual_seed(3)
+        with torch.no_grad():
+            for param_name, param in model.named_parameters():
+                if "lora_B" in param_name:
+                    param.normal_(0, 0.5)
+    return model
+
+
+def run_weight_stream(out: Path, dist: Distributed) -> None:
+    """The vLLM engine's weight stream from an FSDP2-sharded model: every tensor's name and value, the
+    dtype each shard had when it was gathered, and the most gathered tensors alive at once."""
+    import weakref
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from tether.rollout.vllm import engine_weights
+    from tether.train.sharding import shard
+
+    gathered_dtypes, alive = [], []
+    full_tensor = DTensor.full_tensor
+
+    def recording_full_tensor(self, *args, **kwargs):
+        gathered_dtypes.append(self.dtype)
+        result = full_tensor(self, *args, **kwargs)
+        alive.append(weakref.ref(result))
+        return result
+
+    DTensor.full_tensor = recording_full_tensor
+    mesh = init_device_mesh("cpu", (dist.world_size,))
+    results = {}
+    try:
+        for name in STREAMED:
+            model = shard(streamed_model(name), mesh, mixed_precision=False, force_sum=True)
+            dtype = None if STREAMED[name].get("lora") else torch.bfloat16
+            gathered_dtypes.clear(), alive.clear()
+            weights, most_alive = {}, 0
+            for key, value in engine_weights(model, dtype):
+                most_alive = max(most_alive, sum(ref() is not None for ref in alive))
+                weights[key] = value.clone()
+                del value
+            results[name] = {"weights": weights, "most_alive": most_alive, "gathered_dtypes": set(gathered_dtypes),
+                             "gathers": len(gathered_dtypes),
+                             "sharded": all(isinstance(p, DTensor) for p in model.parameters())}
+    finally:
+        DTensor.full_tensor = full_tensor
+    if dist.is_main:
+        torch.save(results, out / "weight-stream.pt")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     dist = Distributed.from_environment()
@@ -191,6 +252,7 @@ def main() -> None:
         run_train(out / "train-2proc", dist)
         run_sharded_train(out / "sharded", dist)
         run_sharded_reward(out / "sharded", dist)
+        run_weight_stream(out / "sharded", dist)
         end_worker_process(0)  # as the CLI does: no gloo abort in interpreter finalisation
 
 

@@ -81,14 +81,14 @@ def test_a_tied_head_left_out_of_the_update_stops_the_run(tokenizer, monkeypatch
     """vLLM's CPU backend keeps its own lm_head: the update must send it even when tied."""
     import tether.rollout.vllm as vllm_engine
 
-    full = vllm_engine.engine_state_dict
+    full = vllm_engine.engine_weights
     model = vllm_llama(tokenizer, tied=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     trainer = make_trainer(model, tokenizer)
     try:
         iterate(trainer)
-        monkeypatch.setattr(vllm_engine, "engine_state_dict",
-                            lambda m: {k: v for k, v in full(m).items() if k != "lm_head.weight"})
+        monkeypatch.setattr(vllm_engine, "engine_weights",
+                            lambda m, dtype: ((k, v) for k, v in full(m, dtype) if k != "lm_head.weight"))
         with pytest.raises(EngineMismatchError):
             iterate(trainer)
     finally:
@@ -221,9 +221,17 @@ def test_penalties_are_refused_with_the_option_named(tokenizer):
         trainer.close()
 
 
-def test_torchrun_two_processes_each_sample_with_their_own_engine(tokenizer, tmp_path):
+TORCHRUN_SETUPS = {"ddp": "sharding: ddp", "fsdp2": "sharding: fsdp2",
+                   "fsdp2+lora": "sharding: fsdp2, value_model: separate"}
+
+
+@pytest.mark.parametrize("setup", list(TORCHRUN_SETUPS))
+def test_torchrun_two_processes_each_sample_with_their_own_engine(tokenizer, tmp_path, setup):
     """`tether ppo` under torchrun with rollout.engine: vllm, a tiny Llama saved to disk: each rank
-    starts an engine, samples its share of the prompts and keeps it in step with the policy."""
+    starts an engine, samples its share of the prompts and keeps it in step with the policy, whether
+    every rank holds the policy (ddp) or half of it (fsdp2: the weights are gathered one tensor at a
+    time into each rank's engine, LoRA merged). The engine's logprobs of its samples equal the trainer's
+    in every iteration, so each update reached it whole."""
     import json
     import os
     import subprocess
@@ -234,9 +242,11 @@ def test_torchrun_two_processes_each_sample_with_their_own_engine(tokenizer, tmp
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": f"question {i}"}) for i in range(8)))
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{name_or_path: {tmp_path / 'tiny'}}}\ndata: {{path: {prompts}}}\n"
+    lora = ", lora: {r: 4, alpha: 8}" if "lora" in setup else ""
+    config.write_text(f"model: {{name_or_path: {tmp_path / 'tiny'}{lora}}}\ndata: {{path: {prompts}}}\n"
                       "reward: {rule: length}\n"
-                      "train: {batch_size: 2, ppo_epochs: 1, max_new_tokens: 6, learning_rate: 0.01}\n"
+                      f"train: {{batch_size: 2, ppo_epochs: 1, max_new_tokens: 6, learning_rate: 0.01, "
+                      f"{TORCHRUN_SETUPS[setup]}}}\n"
                       "rollout: {engine: vllm, enforce_eager: true, kv_cache_gib: 0.25, max_model_len: 256}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

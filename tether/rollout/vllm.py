@@ -27,9 +27,11 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import torch
 
+from ..models.weights import strip_fsdp_class_names
 from .engine import SamplingParams, truncate_after_stop
 from .types import Rollout
 
@@ -122,6 +124,7 @@ class VLLMEngine:
         self.start_seconds = 0.0  # how long vLLM took to start (reported apart from iteration times)
         self.sync_seconds = 0.0  # the latest weight update
         self.syncs = 0  # weight updates so far
+        self.engine_dtype: torch.dtype | None = None  # the engine's weights' dtype, known once it starts
         self._config_dir: tempfile.TemporaryDirectory | None = None
 
     # ------------------------------------------------------------------ weights
@@ -132,13 +135,18 @@ class VLLMEngine:
         Every tensor of the state dict goes, ``lm_head.weight`` included when it is tied to the
         embeddings (vLLM's CPU backend keeps its own copy of the head: leaving it out would keep the
         old one). A peft model sends its base weights with the adapters merged in (out of place:
-        the policy is not touched)."""
+        the policy is not touched). The tensors are streamed one at a time (``engine_weights``): a
+        policy sharded with FSDP2 gathers each tensor, cast to the engine's dtype first, while vLLM
+        copies the previous one in, so at most one full tensor is alive on the trainer's side. Under
+        ``torchrun`` every rank calls this together (each gather is a collective)."""
         t0 = time.perf_counter()
         if self.llm is None:
             self._start(model)
         self._wake()
-        state = engine_state_dict(model)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items()),
+        weights = engine_weights(model, self.engine_dtype)
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "1":  # the engine runs in another process:
+            weights = list(weights)  # what crosses the process boundary must be picklable
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                           "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.sync_seconds = time.perf_counter() - t0
@@ -156,9 +164,10 @@ class VLLMEngine:
         base = _base_model(model)
         config = base.config
         self.device = next(base.parameters()).device
-        dtype = self.dtype or next(base.parameters()).dtype
+        dtype = self.engine_dtype = self.dtype or next(base.parameters()).dtype
         self._config_dir = tempfile.TemporaryDirectory(prefix="tether-vllm-")
         config.save_pretrained(self._config_dir.name)  # architecture only: the weights come from memory
+        strip_fsdp_class_names(self._config_dir.name)  # a sharded policy's class is FSDP<Class>
         opts = dict(self.options)
         longest = getattr(config, "max_position_embeddings", None) or 4096
         max_model_len = opts.pop("max_model_len") or min(longest, 4096)
@@ -285,30 +294,51 @@ def equal_runs(rows: list[list[int]]) -> list[tuple[int, int]]:
     return runs
 
 
-def engine_state_dict(model) -> dict[str, torch.Tensor]:
-    """The weights to push: the transformers model's full state dict under its own names (tied
-    tensors under each of their names); for a peft model the base weights with every LoRA delta
-    added, out of place, and the adapters' own tensors left out."""
-    base = _base_model(model)
-    state = dict(base.state_dict())
-    if base is model:
-        return {k: v.detach() for k, v in state.items()}
-    from peft.tuners.lora import LoraLayer
+def engine_weights(model, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of every weight to push, one at a time, in ``state_dict`` order: the
+    transformers model's tensors under its own names (tied tensors under each of their names); for a
+    peft model the base weights with every LoRA delta added (out of place) and the adapters' own
+    tensors left out.
 
-    merged: dict[str, torch.Tensor] = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            weight = module.get_base_layer().weight
-            delta = sum((module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A),
-                        torch.zeros_like(weight))
-            merged[f"{name}.weight"] = (weight + delta.to(weight.dtype)).detach()
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if ".lora_" in key or "lora_magnitude" in key:
+    A plain tensor is yielded as it is (vLLM casts as it copies). An FSDP2 shard (``DTensor``) is cast
+    to ``dtype`` and then gathered (``full_tensor()``, a collective: every rank must consume the whole
+    iterator, in order): half the traffic of gathering fp32 weights for a bf16 engine, and nothing but
+    the tensor being copied is held in full. A LoRA delta of a sharded layer is computed on the shards
+    (DTensor math; only the rank-r factor is gathered) before the sum is cast and gathered."""
+    base = _base_model(model)
+    lora = {}
+    if base is not model:
+        from peft.tuners.lora import LoraLayer
+
+        lora = {f"{name}.weight": module for name, module in base.named_modules()
+                if isinstance(module, LoraLayer) and not module.merged}
+    for key, value in base.state_dict().items():
+        if lora and (".lora_" in key or "lora_magnitude" in key):
             continue
-        clean = key.replace(".base_layer.", ".")
-        out[clean] = merged.get(clean, value).detach()
-    return out
+        name = key.replace(".base_layer.", ".") if lora else key
+        if name in lora:
+            value = merged_weight(lora[name])
+        yield name, full_tensor(value.detach(), dtype)
+
+
+def merged_weight(layer) -> torch.Tensor:
+    """A peft LoRA layer's base weight plus the deltas of its active adapters ``[out, in]`` (out of
+    place; shards in, shards out when the layer is sharded)."""
+    weight = layer.get_base_layer().weight
+    delta = sum((layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A),
+                torch.zeros_like(weight))
+    return weight + delta.to(weight.dtype)
+
+
+def full_tensor(value: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``value`` itself, or for an FSDP2 shard the whole tensor, gathered after casting to ``dtype``."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(value, DTensor):
+        return value
+    if dtype is not None and value.is_floating_point():
+        value = value.to(dtype)
+    return value.full_tensor()
 
 
 def _base_model(model):
@@ -341,5 +371,5 @@ def _as_rollout(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: 
                    sample_logprobs=torch.where(mask, lps, 0.0).to(device) if params.do_sample else None)
 
 
-__all__ = ["INSTALL_HINT", "VLLMEngine", "engine_state_dict", "equal_runs", "token_budget", "vllm_available",
+__all__ = ["INSTALL_HINT", "VLLMEngine", "engine_weights", "equal_runs", "token_budget", "vllm_available",
            "vllm_sampling_options"]

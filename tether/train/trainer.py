@@ -197,8 +197,6 @@ class PPOTrainer:
         # TRL's ppo_trainer.ref_model: the value-head wrapper it was given or made (None with peft)
         self._ref_wrapper = reference_wrapper(models, ref) if self.trl_mode else None
         self.running = RunningMoments()  # of the scores, for TRL's use_score_scaling
-        if self.dist.sharded and getattr(engine, "engine", engine) not in (None, "hf"):  # str or RolloutConfig
-            raise ValueError(SHARDED_ENGINE_ERROR)
         self.engine = make_engine(engine, policy, self.precision)
         self._engine_synced_at: int | None = None  # the iteration whose weights the engine holds
         self._sync_seconds = 0.0  # weight updates of the engine since the last record()
@@ -480,8 +478,10 @@ class PPOTrainer:
                 start = getattr(engine, "start_seconds", 0.0) - started  # a first call starts the engine
                 self._sync_seconds += time.perf_counter() - t0 - start
                 self._engine_synced_at = self.iteration
-        with self.precision.autocast(), self.dist.rollout(model if model is not None else self.policy,
-                                                          self.config.sharded_rollout == "gathered"):
+        if not isinstance(engine, HFEngine):  # vLLM (or the program's own engine) samples from its own copy
+            with self.precision.autocast():
+                return engine.generate(ids.to(self.device), mask.to(self.device), params)
+        with self.precision.autocast(), self.dist.rollout(engine.model, self.config.sharded_rollout == "gathered"):
             return engine.generate(ids.to(self.device), mask.to(self.device), params)
 
     def _warn_once(self, key: str, message: str) -> None:
@@ -492,11 +492,6 @@ class PPOTrainer:
     def _decode(self, rollout: Rollout) -> list[str]:
         rows = [r[m].tolist() for r, m in zip(rollout.response_ids, rollout.response_mask)]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-
-
-
-SHARDED_ENGINE_ERROR = ("sharding='fsdp2' samples with the HF engine for now (engine='hf', rollout.engine: hf): "
-                        "streaming sharded weights into vLLM is not implemented yet; use sharding='ddp' with vLLM")
 
 
 def make_engine(engine, policy, precision: Precision):
