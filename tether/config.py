@@ -244,6 +244,13 @@ class PPOConfig:
     holding [batch, tokens, vocabulary] logits (the chunk's logits are recomputed in the backward pass: one
     more LM-head matmul). The same numbers as from full logits; false = full logits (models whose forward
     rescales logits use them anyway)."""
+    pad_to_multiple_of: int | None = None
+    """Width (prompt + response columns) of every micro-batch of the scoring and training passes, after its
+    all-padding columns are dropped, rounded up to a multiple of this with masked padding columns: a run then
+    meets a few shapes instead of a new one per micro-batch, so kernels and their caches (oneDNN keeps a
+    primitive and its memory per shape) are reused and the heap is not fragmented by buffers of ever-changing
+    size. Exact (padding is masked; causal attention never sees trailing columns); 1 = the trimmed width.
+    null: 32 under bf16-mixed on a CPU (a long run's memory stays flat, steps are no slower), 1 elsewhere."""
     reuse_freed_memory: bool = True
     """CPU training on Linux/glibc: keep freed memory in the process (malloc without mmap), so the
     large buffers every minibatch frees and reallocates are not page-faulted in again (~25 % faster
@@ -310,7 +317,7 @@ class PPOConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        for name in ("mini_batch_size", "gradient_accumulation_steps"):
+        for name in ("mini_batch_size", "gradient_accumulation_steps", "pad_to_multiple_of"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.batch_size % self.backward_batch_size:

@@ -137,16 +137,18 @@ class Experience:
         return Experience(**{name: getattr(self, name)[index] for name in self._tensor_fields()},
                           temperature=self.temperature)
 
-    def trimmed(self) -> Experience:
+    def trimmed(self, multiple: int = 1) -> Experience:
         """The same rows without the columns that are padding in every row: leading prompt columns
-        and trailing response columns (``[b, P' + T']``, per-token fields ``[b, T']``).
+        and trailing response columns (``[b, P' + T']``, per-token fields ``[b, T']``), widened back with
+        padding columns to a multiple of ``multiple`` (see ``trim_padding_columns``; ``T'`` may then exceed
+        ``T``: per-token fields are zero-padded, ``response_mask`` with False).
 
         Exact: left padding is masked out of attention and position ids count real tokens only;
         trailing columns come after every valid token, so causal attention never sees them.
         """
         input_ids, attention_mask, length = trim_padding_columns(self.input_ids, self.attention_mask,
-                                                                 self.response_mask)
-        per_token = {name: getattr(self, name)[:, :length] for name in self._tensor_fields()
+                                                                 self.response_mask, multiple)
+        per_token = {name: fit_columns(getattr(self, name), length) for name in self._tensor_fields()
                      if name not in ("input_ids", "attention_mask")}
         return Experience(input_ids=input_ids, attention_mask=attention_mask, temperature=self.temperature,
                           **per_token)
@@ -169,10 +171,37 @@ def padding_bounds(attention_mask: torch.Tensor, response_mask: torch.Tensor) ->
     return start, length
 
 
-def trim_padding_columns(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def trim_padding_columns(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+                         multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``input_ids`` and ``attention_mask`` (``[b, P + T]``) without their all-padding columns
-    (``[b, P' + T']``, see ``padding_bounds``), and the kept response length ``T'``."""
+    (``[b, P' + T']``, see ``padding_bounds``), and the kept response length ``T'``.
+
+    ``multiple > 1``: the width ``P' + T'`` is then rounded up to a multiple of ``multiple`` with padding
+    columns — trailing response columns first, then leading prompt columns, then new trailing columns
+    (id 0, mask 0; ``T'`` may exceed ``T``). A run then meets a few widths instead of one per micro-batch:
+    kernels and their caches (oneDNN keeps a primitive, and memory, per shape) are reused, and the heap is
+    not fragmented by buffers whose size changes every micro-batch. Exact for the same reasons as trimming.
+    """
     start, length = padding_bounds(attention_mask, response_mask)
-    end = input_ids.shape[1] - (response_mask.shape[1] - length)
-    return input_ids[:, start:end], attention_mask[:, start:end], length
+    prompt_len, response_len = attention_mask.shape[1] - response_mask.shape[1], response_mask.shape[1]
+    appended = 0
+    if multiple > 1:
+        extra = -(prompt_len - start + length) % multiple
+        grow = min(extra, response_len - length)  # trailing columns that exist
+        length, extra = length + grow, extra - grow
+        take = min(extra, start)  # leading prompt columns that exist
+        start, appended = start - take, extra - take
+    end = input_ids.shape[1] - (response_len - length)
+    input_ids, attention_mask = input_ids[:, start:end], attention_mask[:, start:end]
+    if appended:
+        input_ids = torch.nn.functional.pad(input_ids, (0, appended), value=0)
+        attention_mask = torch.nn.functional.pad(attention_mask, (0, appended), value=0)
+        length += appended
+    return input_ids, attention_mask, length
+
+
+def fit_columns(x: torch.Tensor, width: int) -> torch.Tensor:
+    """``x`` (``[b, n, ...]``) cut or zero-padded (False for bool) to ``[b, width, ...]`` on its second axis."""
+    if width <= x.shape[1]:
+        return x[:, :width]
+    return torch.cat([x, x.new_zeros((x.shape[0], width - x.shape[1], *x.shape[2:]))], dim=1)

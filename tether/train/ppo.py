@@ -56,7 +56,7 @@ from ..tracking.memory import phase_memory, release_free_heap
 from ..rewards.base import offset_scores_hint
 from ..rollout import Experience, Rollout
 from ..models.offload import ParkedWeights
-from ..rollout.types import trim_padding_columns
+from ..rollout.types import fit_columns, trim_padding_columns
 from .distributed import Distributed
 from .estimators import estimate_advantages, kl_in_loss, policy_loss_fn, shape_scores
 from .faults import EngineMismatchError, FaultMonitor
@@ -88,6 +88,8 @@ class PPOLearner:
                  dist: Distributed, precision: Precision | None = None):
         self.config = config
         self.precision = precision or Precision("fp32", "cpu", "default")
+        # micro-batch widths are rounded up to a multiple of this (few shapes: see PPOConfig.pad_to_multiple_of)
+        self.width_multiple = config.pad_to_multiple_of or self.precision.width_multiple
         self.policy, self.ref_model, self.critic, self.value_head = policy, ref_model, critic, value_head
         self.parked_reference: ParkedWeights | None = None  # offload_reference: parked after each use
         self.optimizer = optimizer
@@ -153,8 +155,9 @@ class PPOLearner:
         T = mask.shape[1]
         logprobs, ref_logprobs, values, entropy = [], [], [], []
         for rows in torch.arange(input_ids.shape[0], device=input_ids.device).split(cfg.micro_batch_size):
-            # drop the columns that are padding in every row of this micro-batch; pad the outputs back to T
-            ids, attn, t = trim_padding_columns(input_ids[rows], attention_mask[rows], mask[rows])
+            # drop the columns that are padding in every row of this micro-batch (width rounded up to a
+            # multiple of pad_to_multiple_of); fit the outputs back to T
+            ids, attn, t = trim_padding_columns(input_ids[rows], attention_mask[rows], mask[rows], self.width_multiple)
             with self.precision.autocast():
                 out = response_forward(self.policy, ids, attn, t, temperature, self.value_head, with_entropy=True,
                                        fused=self.config.fused_logprobs)
@@ -168,7 +171,7 @@ class PPOLearner:
                     row_values = torch.zeros_like(out.logprobs)
             for outputs, x in ((logprobs, out.logprobs), (entropy, out.entropy), (ref_logprobs, ref_out.logprobs),
                                (values, row_values)):
-                outputs.append(torch.nn.functional.pad(x, (0, T - t)))
+                outputs.append(fit_columns(x, T))
         if self.parked_reference is not None:  # idle until the next iteration's experience: out of memory
             self.parked_reference.park()
         logprobs, ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
@@ -337,7 +340,7 @@ class PPOLearner:
         sums = {"loss_policy": 0.0, "loss_value": 0.0, "loss_total": 0.0, "tokens": float(local_tokens.item())}
         micros = rows.split(cfg.micro_batch_size)
         for i, micro in enumerate(micros):
-            mb = experience.select(micro).trimmed()  # no compute on all-padding columns
+            mb = experience.select(micro).trimmed(self.width_multiple)  # no compute on all-padding columns
             with self._gradient_sync(i == len(micros) - 1):
                 self._micro_batch_backward(mb, num_tokens, num_seqs, sums)
         return sums

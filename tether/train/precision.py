@@ -64,6 +64,14 @@ class Precision:
         return self.mode == "bf16-mixed"
 
     @property
+    def width_multiple(self) -> int:
+        """``pad_to_multiple_of``'s default: 32 for bf16 on a CPU, where torch runs matmuls through oneDNN, which
+        keeps a primitive (~0.5 MiB of memory, ~3 ms to make) per new shape — rounded widths are faster there
+        despite the padding (``benchmarks/shape_cache.py``); 1 elsewhere (float32 CPU matmuls keep nothing
+        per shape, and padding is extra work)."""
+        return 32 if self.mixed and self.device_type == "cpu" else 1
+
+    @property
     def frozen_dtype(self) -> torch.dtype | None:
         """The dtype frozen weights are stored in: bf16 under bf16-mixed; None (as loaded) under fp32."""
         return torch.bfloat16 if self.mixed else None
