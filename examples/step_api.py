@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--reward", choices=sorted(REWARDS), default="length")
+    parser.add_argument("--seed", type=int, default=0, help="PPOConfig(seed=...): sampling and initialisation")
     parser.add_argument("--heldout", type=int, default=64, help="held-out prompts scored before and after (0: none)")
     parser.add_argument("--whiten-scores", action="store_true",
                         help="PPOConfig(whiten_scores=True): scores to mean 0, std 1 over each batch (for raw-scale "
@@ -70,7 +71,7 @@ def main() -> None:
     MODEL = resolve_model(args.model)
     model = AutoModelForCausalLM.from_pretrained(MODEL)
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
-    config = PPOConfig(model_name=MODEL, learning_rate=1e-5, batch_size=args.batch_size, ppo_epochs=4,
+    config = PPOConfig(model_name=MODEL, learning_rate=1e-5, batch_size=args.batch_size, ppo_epochs=4, seed=args.seed,
                        whiten_scores=args.whiten_scores, **({"value_model": "separate"} if args.separate_critic else {}))
     ppo_trainer = PPOTrainer(config, model, tokenizer)
 
