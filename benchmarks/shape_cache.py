@@ -6,7 +6,8 @@
 One SmolLM2-135M MLP projection (576 -> 1536, with bias) runs forward + backward on [4, w, 576] inputs, once
 per width w in 40 .. 40 + N - 1 (a new shape every time: a PPO micro-batch trimmed to its own width), then on
 the same widths rounded up to a multiple (``pad_to_multiple_of``: a few shapes, each met many times). Printed
-per precision: heap in use kept after the loop (glibc mallinfo2, over the level after three warm-up calls)
+per precision: malloc heap in use kept after the loop (glibc mallinfo2 ``uordblks``, over the level after
+three warm-up calls)
 and milliseconds per forward + backward. Under bf16 autocast on a CPU with AVX512-BF16 / AMX, torch runs the
 matmuls through oneDNN, which keeps a primitive and its memory per shape (an LRU of up to 1024, capacity from
 ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` and ideep's ``LRU_CACHE_CAPACITY``); float32 matmuls do not. Each
@@ -22,18 +23,12 @@ import sys
 
 
 def worker(precision: str, widths: list[int]) -> dict[str, float]:
-    import ctypes
-    import ctypes.util
     import time
 
     import torch
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+    from tether.tracking.memory import _glibc  # mallinfo2, loaded once
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallinfo2.restype = MallInfo2
     torch.set_num_threads(2)
     torch.manual_seed(0)
     layer = torch.nn.Linear(576, 1536)
@@ -47,7 +42,8 @@ def worker(precision: str, widths: list[int]) -> dict[str, float]:
 
     for width in widths[:3]:
         step(width)
-    kept = libc.mallinfo2().uordblks
+    libc = _glibc()
+    kept = libc.mallinfo2().uordblks  # malloc's heap only: mmapped blocks (MKL's, big tensors) excluded
     start = time.perf_counter()
     for width in widths:
         step(width)
